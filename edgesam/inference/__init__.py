@@ -1,0 +1,1 @@
+from .predictor import Prediction, Predictor, as_rgb_uint8

@@ -1,0 +1,138 @@
+"""SAM teachers built through ``segment_anything``'s registry, plus tiny configurations for tests.
+
+Only the teacher's image encoder, prompt encoder and mask decoder are used. The prompt encoder and
+decoder are rebuilt as EdgeSAM's subclasses (same weights) so that teacher and student share one
+decode path (box corners and "ignore" labels in the point stream).
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+from segment_anything import sam_model_registry
+from segment_anything.modeling import ImageEncoderViT
+from torch import nn
+
+from .prompt_decoder import PromptDecoder, build_mask_decoder, build_prompt_encoder
+
+REGISTRY_NAMES = ("vit_h", "vit_l", "vit_b")
+
+
+@dataclass(frozen=True)
+class TinyViTConfig:
+    """A small ViT with SAM's classes, for tests and the embedded default (random weights)."""
+
+    depth: int = 2
+    embed_dim: int = 64
+    num_heads: int = 2
+    window_size: int = 4
+    global_attn_indexes: tuple[int, ...] = (1,)
+
+
+class SamTeacher(nn.Module):
+    """Frozen SAM teacher: ``embed`` (B,3,S,S) -> (B,256,S/16,S/16) and ``decode`` like the student."""
+
+    def __init__(self, image_encoder: nn.Module, prompt_decoder: PromptDecoder, img_size: int, name: str,
+                 checkpoint_sha256: str | None) -> None:
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.prompt_decoder = prompt_decoder
+        self.img_size = img_size
+        self.name = name
+        self.checkpoint_sha256 = checkpoint_sha256
+        self.requires_grad_(False)
+        self.eval()
+
+    @property
+    def random_weights(self) -> bool:
+        return self.checkpoint_sha256 is None
+
+    @property
+    def identity(self) -> dict:
+        """What a cache must record to be reproducible (and refused when it differs)."""
+        return {"name": self.name, "img_size": self.img_size, "checkpoint_sha256": self.checkpoint_sha256}
+
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        return self.image_encoder(images)
+
+    @torch.no_grad()
+    def decode(self, embeddings: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor,
+               mask_input: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.prompt_decoder(embeddings, point_coords, point_labels, mask_input)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _prompt_decoder_from(sam_prompt_encoder: nn.Module, sam_mask_decoder: nn.Module, img_size: int) -> PromptDecoder:
+    pd = PromptDecoder(build_prompt_encoder(img_size), build_mask_decoder())
+    pd.prompt_encoder.load_state_dict(sam_prompt_encoder.state_dict())
+    pd.mask_decoder.load_state_dict(sam_mask_decoder.state_dict())
+    return pd
+
+
+def build_teacher(name: str = "tiny", checkpoint: str | Path | None = None, img_size: int = 1024,
+                  tiny: TinyViTConfig = TinyViTConfig(), seed: int = 0) -> SamTeacher:
+    """Build a SAM teacher.
+
+    ``name`` is one of ``vit_h``/``vit_l``/``vit_b`` (segment-anything's registry; ``checkpoint`` is the
+    official ``sam_vit_*.pth``, required for real use) or ``tiny`` (random weights, any ``img_size``
+    multiple of 64, seeded). A registry model without checkpoint gets random weights and says so via
+    ``random_weights``.
+    """
+    if name in REGISTRY_NAMES:
+        if img_size != 1024:
+            raise ValueError("SAM registry teachers run at 1024 (their positional embeddings are fixed)")
+        ckpt = str(checkpoint) if checkpoint else None
+        if ckpt and not Path(ckpt).is_file():
+            raise FileNotFoundError(f"SAM checkpoint not found: {ckpt}")
+        sam = sam_model_registry[name](checkpoint=ckpt)
+        digest = sha256_file(ckpt) if ckpt else None
+        return SamTeacher(sam.image_encoder, _prompt_decoder_from(sam.prompt_encoder, sam.mask_decoder, 1024),
+                          1024, name, digest)
+    if name != "tiny":
+        raise ValueError(f"unknown teacher {name!r}; expected one of {REGISTRY_NAMES + ('tiny',)}")
+    if img_size % 64:
+        raise ValueError(f"img_size must be a multiple of 64, got {img_size}")
+    torch.manual_seed(seed)
+    encoder = ImageEncoderViT(
+        depth=tiny.depth, embed_dim=tiny.embed_dim, img_size=img_size, mlp_ratio=4,
+        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=tiny.num_heads, patch_size=16,
+        qkv_bias=True, use_rel_pos=True, global_attn_indexes=tiny.global_attn_indexes,
+        window_size=tiny.window_size, out_chans=256)
+    pd = PromptDecoder(build_prompt_encoder(img_size), build_mask_decoder())
+    digest = None
+    if checkpoint:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        encoder.load_state_dict({k[len("image_encoder."):]: v for k, v in state.items() if k.startswith("image_encoder.")})
+        pd.load_state_dict({k: v for k, v in state.items() if not k.startswith("image_encoder.")})
+        digest = sha256_file(checkpoint)
+    name = f"tiny-d{tiny.depth}-w{tiny.embed_dim}-seed{seed}"
+    return SamTeacher(encoder, pd, img_size, name, digest)
+
+
+def build_teacher_prompt_decoder(name: str = "tiny", checkpoint: str | Path | None = None, img_size: int = 1024,
+                                 seed: int = 0) -> PromptDecoder:
+    """Only the teacher's prompt encoder + mask decoder (what step 2 runs online on cached embeddings).
+
+    For registry teachers the ViT is never built: the decoder keys are read straight from the SAM
+    checkpoint, so a ViT-H teacher costs 4 M parameters here, not 636 M.
+    """
+    if name not in REGISTRY_NAMES:
+        return build_teacher(name, checkpoint, img_size, seed=seed).prompt_decoder
+    pd = PromptDecoder(build_prompt_encoder(img_size), build_mask_decoder())
+    if checkpoint:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        pd.load_state_dict({k: v for k, v in state.items() if k.startswith(("prompt_encoder.", "mask_decoder."))})
+    else:
+        torch.manual_seed(seed)
+    return pd.requires_grad_(False).eval()

@@ -1,0 +1,202 @@
+"""Teacher caching with Ray Data: images (+ SA-1B/COCO annotations) -> SAM teacher -> Parquet shards.
+
+    python pipelines/cache_teacher.py [--config quickstart-cache] [key=value ...]
+    ray job submit --working-dir . -- python pipelines/cache_teacher.py --config sa1b-1pct-cache
+
+Stages: read (one task per tar shard / folder) -> decode + resize + prompts (tasks) -> teacher
+(stateful actor pool, GPUs from config) -> shard writer (tasks, atomic files) -> manifest.json.
+Rerunning the same command resumes: images already in complete shards are not recomputed. A cache
+made with another teacher or other preprocessing is refused.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Literal
+
+if __package__ in (None, ""):  # `python pipelines/cache_teacher.py` and `ray job submit -- python ...`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import pyarrow as pa
+
+from edgesam.config import StrictModel, add_config_args, dump_config, load_config
+from edgesam.data import cache as C
+
+DEFAULT_SAMPLE = "data/sample"
+
+
+class DataCfg(StrictModel):
+    source: str = DEFAULT_SAMPLE  # tar shard, folder of shards, SA-1B folder, COCO set or image folder
+    format: Literal["auto", "sa1b-tar", "sa1b-folder", "coco", "images"] = "auto"
+    sample_images: int = 48  # synthetic images generated when `source` is the default and missing
+    limit_sources: int | None = None
+
+
+class TeacherCfg(StrictModel):
+    name: str = "tiny"  # tiny | vit_b | vit_l | vit_h
+    checkpoint: str | None = None  # e.g. /models/sam_vit_h_4b8939.pth
+    tiny_seed: int = 0
+
+
+class ComputeCfg(StrictModel):
+    min_actors: int = 1
+    max_actors: int = 1  # > min_actors lets the pool (and an autoscaling cluster) grow
+    num_cpus_per_actor: float = 0.5  # fractional on small machines: whole-CPU actors can starve readers
+    num_gpus_per_actor: float = 0.0
+    teacher_resources: dict[str, float] = {}  # e.g. {"teacher": 1} to pin actors to a node type
+    batch_size: int = 4
+    preprocess_batch_size: int = 8
+    device: str = "auto"
+
+
+class OutputCfg(StrictModel):
+    dir: str = "runs/quickstart/cache"
+    rows_per_file: int = 32
+    row_group_size: int = 16
+
+
+class CacheConfig(StrictModel):
+    data: DataCfg = DataCfg()
+    teacher: TeacherCfg = TeacherCfg()
+    preprocessing: C.Preprocessing = C.Preprocessing(img_size=256)
+    compute: ComputeCfg = ComputeCfg()
+    output: OutputCfg = OutputCfg()
+    ray_address: str | None = None
+
+
+def _read_source(item: dict, done_ids: frozenset[str]) -> list[dict]:
+    from edgesam.data.readers import iter_source
+
+    return list(C.raw_rows(iter_source(item["source"], item["format"]), done_ids))
+
+
+def resolve_sources(cfg: CacheConfig) -> tuple[list[str], str]:
+    from edgesam.data.readers import detect_format, list_sources
+    from edgesam.data.synthetic import ensure_sample_dataset
+
+    src = cfg.data.source
+    if src == DEFAULT_SAMPLE and not Path(src).exists():
+        print(f"[cache] generating {cfg.data.sample_images} synthetic SA-1B-format images in {src}")
+    if src == DEFAULT_SAMPLE:
+        src = str(ensure_sample_dataset(src, num_images=cfg.data.sample_images))
+    if not Path(src).exists() and "://" not in src:
+        raise FileNotFoundError(f"data.source not found: {src}")
+    fmt = detect_format(src) if cfg.data.format == "auto" else cfg.data.format
+    sources = list_sources(src, fmt)
+    if cfg.data.limit_sources:
+        sources = sources[: cfg.data.limit_sources]
+    return sources, fmt
+
+
+def build_dataset(cfg: CacheConfig, sources: list[str], fmt: str, done_ids: frozenset[str]):
+    """The lazy Ray Dataset of summary rows; executing it writes the shards."""
+    import ray
+
+    pre = cfg.preprocessing
+    comp = cfg.compute
+    ds = ray.data.from_items([{"source": s, "format": fmt} for s in sources], override_num_blocks=max(1, len(sources)))
+    ds = ds.flat_map(_read_source, fn_kwargs={"done_ids": done_ids})
+    ds = ds.map_batches(C.preprocess_table, batch_format="pyarrow", batch_size=comp.preprocess_batch_size,
+                        fn_kwargs={"pre": pre})
+    remote_args = {"resources": comp.teacher_resources} if comp.teacher_resources else {}
+    ds = ds.map_batches(
+        C.TeacherBatch, batch_format="pyarrow", batch_size=comp.batch_size,
+        fn_constructor_kwargs={"teacher_name": cfg.teacher.name, "checkpoint": cfg.teacher.checkpoint, "pre": pre,
+                               "device": comp.device, "tiny_seed": cfg.teacher.tiny_seed},
+        compute=ray.data.ActorPoolStrategy(min_size=comp.min_actors, max_size=comp.max_actors),
+        num_cpus=comp.num_cpus_per_actor, num_gpus=comp.num_gpus_per_actor, **remote_args)
+    return ds.map_batches(C.write_shard, batch_format="pyarrow", batch_size=cfg.output.rows_per_file,
+                          fn_kwargs={"out_dir": cfg.output.dir, "pre": pre, "row_group_size": cfg.output.row_group_size})
+
+
+def teacher_identity(cfg: CacheConfig) -> dict:
+    """Identity without building the model on the driver (ViT-H is 2.5 GB)."""
+    from edgesam.models.teacher import REGISTRY_NAMES, TinyViTConfig, sha256_file
+
+    t = cfg.teacher
+    digest = sha256_file(t.checkpoint) if t.checkpoint else None
+    if t.name in REGISTRY_NAMES:
+        return {"name": t.name, "img_size": 1024, "checkpoint_sha256": digest}
+    tiny = TinyViTConfig()
+    return {"name": f"tiny-d{tiny.depth}-w{tiny.embed_dim}-seed{t.tiny_seed}", "img_size": cfg.preprocessing.img_size,
+            "checkpoint_sha256": digest}
+
+
+def finalize(out_dir: Path, manifest: dict, summary: list[dict], elapsed: float) -> dict:
+    """Recount from the shards themselves (authoritative) and mark the cache complete."""
+    import pyarrow.parquet as pq
+
+    ids: list[str] = []
+    total_bytes = 0
+    for f in C.shard_files(out_dir):
+        ids += pq.read_table(f, columns=["image_id"]).column("image_id").to_pylist()
+        total_bytes += f.stat().st_size
+    dupes = sorted({i for i in ids if ids.count(i) > 1}) if len(ids) != len(set(ids)) else []
+    skipped = [{"source": r["source"], "image_id": r["image_id"], "reason": r["reason"]} for r in summary if r["kind"] == "skipped"]
+    manifest.update(
+        status="complete" if not dupes else "error",
+        counts={"images": len(ids), "written_this_run": sum(r["kind"] == "written" for r in summary),
+                "skipped": len(skipped), "shards": len(C.shard_files(out_dir)), "duplicates": len(dupes)},
+        bytes_on_disk=total_bytes, bytes_per_image=total_bytes / max(1, len(ids)),
+        skipped=skipped, duplicates=dupes[:100], last_run_seconds=round(elapsed, 2),
+        finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    C.write_manifest(out_dir, manifest)
+    return manifest
+
+
+def run_cache(cfg: CacheConfig) -> dict:
+    """Run (or resume) the caching job; returns the final manifest."""
+    import ray
+
+    import edgesam
+
+    t0 = time.time()
+    out_dir = Path(cfg.output.dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    identity = C.cache_identity(teacher_identity(cfg), cfg.preprocessing)
+    previous = C.check_identity(out_dir, identity)
+    done, removed = C.scan_done_ids(out_dir)
+    for msg in removed:
+        print(f"[cache] resume: {msg}")
+    sources, fmt = resolve_sources(cfg)
+    if identity["teacher"]["checkpoint_sha256"] is None:
+        print("[cache] WARNING: the teacher has RANDOM weights (no checkpoint given): the cache is for "
+              "pipeline testing only, not for real distillation.", flush=True)
+    manifest = {"status": "in_progress", "identity": identity, "data": {"source": cfg.data.source, "format": fmt,
+                "num_sources": len(sources)}, "schema": C.CACHE_SCHEMA.to_string(), "code_version": edgesam.__version__,
+                "config": json.loads(json.dumps(cfg.model_dump(mode="json"))),
+                "started_at": (previous or {}).get("started_at") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    C.write_manifest(out_dir, manifest)
+    print(f"[cache] {len(sources)} source(s) of format {fmt}; {len(done)} image(s) already cached, resuming after them"
+          if done else f"[cache] {len(sources)} source(s) of format {fmt}", flush=True)
+    if not ray.is_initialized():
+        ray.init(address=cfg.ray_address, ignore_reinit_error=True)
+    summary = build_dataset(cfg, sources, fmt, frozenset(done)).take_all()
+    manifest = finalize(out_dir, manifest, summary, time.time() - t0)
+    for s in manifest["skipped"]:
+        print(f"[cache] skipped {s['source']}: {s['reason']}")
+    print(f"[cache] done: {manifest['counts']['images']} images in {manifest['counts']['shards']} shards "
+          f"({manifest['bytes_per_image'] / 2**20:.2f} MiB/image), {manifest['counts']['skipped']} skipped, "
+          f"written to {out_dir.resolve()}", flush=True)
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(parser)
+    args = parser.parse_args(argv)
+    cfg = load_config(CacheConfig, args.config, args.overrides)
+    print(dump_config(cfg))
+    try:
+        manifest = run_cache(cfg)
+    except C.CacheMismatchError as exc:
+        print(f"[cache] ERROR: {exc}", file=sys.stderr)
+        return 2
+    return 0 if manifest["status"] == "complete" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""EdgeSAM distillation on Ray Train: the project's main job.
+
+    python pipelines/distill.py                      # embedded default (configs/quickstart.yaml)
+    ray job submit --working-dir . -- python pipelines/distill.py --config sa1b-1pct train.storage_path=s3://...
+
+With no arguments it runs end to end on 2 CPU cores in a few minutes: generate the synthetic sample
+set if absent, cache a tiny RANDOM-weight SAM teacher, run step 1 (encoder KD) and step 2
+(prompt-in-the-loop KD) briefly, train the RPN (step 3), evaluate, export ONNX, and print where
+everything went. Resubmitting the same command resumes: finished steps are skipped and an
+interrupted step continues from its latest checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipelines.cache_teacher import run_cache
+from pipelines.distill_config import DistillConfig, StepConfig
+from edgesam.config import add_config_args, dump_config, load_config
+
+RANDOM_BANNER = """
+################################################################################
+#  WARNING: the SAM teacher has RANDOM weights (no checkpoint was given).       #
+#  This run exercises the whole pipeline; the student it produces is NOT a      #
+#  usable segmentation model. Pass teacher.checkpoint=/path/sam_vit_h_4b8939.pth #
+################################################################################
+"""
+
+
+def ensure_cache(cfg: DistillConfig) -> dict:
+    """Run (or resume) teacher caching unless a complete cache with the same identity exists."""
+    from edgesam.data.cache import MANIFEST
+
+    path = Path(cfg.cache.output.dir) / MANIFEST
+    if path.is_file():
+        manifest = json.loads(path.read_text())
+        if manifest.get("status") == "complete":
+            print(f"[distill] using complete teacher cache {cfg.cache.output.dir} ({manifest['counts']['images']} images)")
+            return manifest
+    return run_cache(cfg.cache)
+
+
+def run_step(cfg: DistillConfig, step: StepConfig, split: dict, init_checkpoint: str | None) -> str:
+    """Run one distillation step with TorchTrainer; returns the final checkpoint directory.
+
+    A step whose run directory holds a DONE marker is skipped; otherwise a same-name run resumes
+    from its latest checkpoint (Ray Train restores it through ``ray.train.get_checkpoint``).
+    """
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from pipelines.distill_loop import train_loop_per_worker
+
+    run_name = f"{cfg.train.name}-{step.kind}"
+    storage = str(Path(cfg.train.storage_path).resolve()) if "://" not in cfg.train.storage_path else cfg.train.storage_path
+    done_marker = Path(storage) / run_name / "DONE.json"
+    if done_marker.is_file():
+        done = json.loads(done_marker.read_text())
+        print(f"[distill] {step.kind}: already finished at step {done['step']}; skipping (checkpoint {done['checkpoint']})")
+        return done["checkpoint"]
+
+    sc = cfg.train.scaling
+    ds = ray.data.read_parquet(split["train_files"], columns=["image_id", "image_jpeg", "embedding", "input_height",
+                                                               "input_width", "gt_boxes", "gt_points"])
+    holdout = set(split["holdout_ids"])
+    if holdout:
+        ds = ds.filter(lambda r: r["image_id"] not in holdout)
+    loop_cfg = {
+        "step": step.model_dump(mode="json"), "img_size": cfg.cache.preprocessing.img_size,
+        "teacher": cfg.cache.teacher.model_dump(mode="json"), "init_checkpoint": init_checkpoint,
+        "steps_per_epoch": split["steps_per_epoch"][step.kind], "holdout_files": split["holdout_files"],
+        "holdout_ids": split["holdout_ids"], "eval": cfg.eval.model_dump(mode="json"), "seed": cfg.train.seed,
+        "checkpoint_every": cfg.train.checkpoint_every_steps, "rpn": cfg.rpn.model_dump(mode="json"),
+    }
+    trainer = TorchTrainer(
+        train_loop_per_worker, train_loop_config=loop_cfg,
+        torch_config=TorchConfig(backend="nccl" if sc.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=sc.num_workers, use_gpu=sc.use_gpu,
+                                     resources_per_worker=sc.resources_per_worker,
+                                     placement_strategy=sc.placement_strategy),
+        run_config=RunConfig(name=run_name, storage_path=storage,
+                             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.num_checkpoints_to_keep)),
+        datasets={"train": ds})
+    print(f"[distill] {step.kind}: {split['steps_per_epoch'][step.kind]} steps/epoch x {step.epochs} epochs on "
+          f"{sc.num_workers} worker(s)", flush=True)
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"{step.kind}: training produced no checkpoint ({result.error})")
+    ckpt = result.checkpoint.path
+    done_marker.write_text(json.dumps({"step": result.metrics.get("global_step"), "checkpoint": ckpt,
+                                       "metrics": result.metrics}, default=str, indent=2))
+    return ckpt
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipelines.distill_split import make_split
+    from pipelines.finish import finish_run
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(parser, default="quickstart")
+    args = parser.parse_args(argv)
+    cfg = load_config(DistillConfig, args.config, args.overrides)
+    print(dump_config(cfg), flush=True)
+    t0 = time.time()
+    random_teacher = cfg.cache.teacher.checkpoint is None
+    if random_teacher:
+        print(RANDOM_BANNER, flush=True)
+
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=cfg.ray_address, ignore_reinit_error=True)
+    ensure_cache(cfg)
+    split = make_split(cfg)
+    ckpt = cfg.student.init_checkpoint
+    for step in cfg.steps():
+        ckpt = run_step(cfg, step, split, ckpt)
+    report = finish_run(cfg, ckpt, split, random_teacher=random_teacher)
+    print(f"[distill] finished in {time.time() - t0:.0f} s")
+    for k, v in report["outputs"].items():
+        print(f"  {k:<14} {v}")
+    if random_teacher:
+        print(RANDOM_BANNER, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Typed configuration of the distillation job (YAML in configs/, CLI overrides ``key.sub=value``)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from edgesam.config import StrictModel
+from pipelines.cache_teacher import CacheConfig
+
+
+class StepConfig(StrictModel):
+    """One distillation step. lr values are for the whole (global) batch."""
+
+    kind: Literal["encoder_kd", "prompt_kd", "rpn"]
+    enabled: bool = True
+    epochs: int = 1
+    max_steps: int | None = None  # caps steps per epoch (quickstart); None = full epochs
+    batch_size: int = 2  # images per worker
+    lr: float = 1e-4
+    min_lr: float = 1e-5
+    warmup_epochs: float = 0.0
+    warmup_lr: float = 1e-7
+    weight_decay: float = 0.05
+    grad_clip: float = 0.0  # max-norm; 0 disables
+    decode_iters: int = 2  # prompt_kd: initial decode + refinement iterations
+    max_prompts: int = 16  # prompt_kd: GT prompts per image
+    point_prob: float = 0.5  # prompt_kd: P(point prompts) per batch, else boxes
+
+
+class ScalingCfg(StrictModel):
+    num_workers: int = 1
+    use_gpu: bool = False
+    resources_per_worker: dict[str, float] = Field(default_factory=lambda: {"CPU": 1})
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+
+
+class TrainCfg(StrictModel):
+    name: str = "quickstart"
+    storage_path: str = "runs"  # shared storage (NFS/S3) on multi-node clusters
+    seed: int = 0
+    checkpoint_every_steps: int = 20
+    num_checkpoints_to_keep: int = 2
+    max_failures: int = 2
+    scaling: ScalingCfg = ScalingCfg()
+
+
+class StudentCfg(StrictModel):
+    init_checkpoint: str | None = None  # an EdgeSAM/ours checkpoint to start step 1 from
+    upsample_mode: Literal["bicubic", "bilinear"] = "bicubic"
+
+
+class EvalCfg(StrictModel):
+    holdout_fraction: float = 0.15  # images held out by a hash of their id
+    max_images: int = 16
+    max_instances_per_image: int = 16
+    refine_clicks: int = 2
+    seed: int = 0
+
+
+class RpnCfg(StrictModel):
+    width: int = 64
+    num_convs: int = 2
+
+
+class ExportCfg(StrictModel):
+    onnx: bool = True
+
+
+class DistillConfig(StrictModel):
+    cache: CacheConfig = CacheConfig()
+    student: StudentCfg = StudentCfg()
+    step1: StepConfig = StepConfig(kind="encoder_kd", lr=1e-3, min_lr=1e-5, warmup_epochs=0.1, grad_clip=5.0)
+    step2: StepConfig = StepConfig(kind="prompt_kd", lr=1e-4, min_lr=1e-5, grad_clip=0.01)
+    step3: StepConfig = StepConfig(kind="rpn", lr=1e-3, min_lr=1e-5, weight_decay=1e-4, grad_clip=10.0)
+    train: TrainCfg = TrainCfg()
+    eval: EvalCfg = EvalCfg()
+    rpn: RpnCfg = RpnCfg()
+    export: ExportCfg = ExportCfg()
+    output_dir: str | None = None  # default: <storage_path>/<name>
+    ray_address: str | None = None
+
+    def steps(self) -> list[StepConfig]:
+        return [s for s in (self.step1, self.step2, self.step3) if s.enabled]
+

@@ -1,0 +1,211 @@
+"""The Ray Train worker loop shared by the three distillation steps.
+
+Each step is a small loss module wrapped by ``ray.train.torch.prepare_model`` (DDP when there is more
+than one worker: gloo on CPU, NCCL on GPU). The module's forward computes the loss so gradients go
+through DDP's hooks. Checkpoints hold model, optimizer, scheduler, step and the metric history.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch import nn
+
+from edgesam.data.cache import decode_row
+from edgesam.models import EdgeSAM, EncoderConfig, build_teacher_prompt_decoder
+
+STATE_FILE = "state.pt"
+
+
+class EncoderKD(nn.Module):
+    """Step 1: masked MSE between student and cached teacher embeddings."""
+
+    def __init__(self, model: EdgeSAM) -> None:
+        super().__init__()
+        self.encoder = model.image_encoder
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        from edgesam.distill.steps import encoder_kd_step
+
+        return encoder_kd_step(self.encoder, batch["images"], batch["embeddings"], batch["input_hw"], batch["img_size"])
+
+
+class PromptKD(nn.Module):
+    """Step 2: prompt-in-the-loop KD against the frozen teacher decoder run online."""
+
+    def __init__(self, model: EdgeSAM, teacher_pd: nn.Module) -> None:
+        super().__init__()
+        self.student = model
+        self.teacher_pd = teacher_pd
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        from edgesam.distill.steps import prompt_kd_step
+
+        return prompt_kd_step(self.student, self.teacher_pd, batch["images"], batch["embeddings"], batch["prompts"],
+                              batch["input_hw"], batch["kind"], decode_iters=batch["decode_iters"],
+                              generator=batch["generator"])
+
+
+class RpnStep(nn.Module):
+    """Step 3: the RPN head on the frozen encoder's stride-8/16/32 features."""
+
+    def __init__(self, model: EdgeSAM) -> None:
+        super().__init__()
+        self.encoder = model.image_encoder
+        self.rpn = model.rpn
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        from edgesam.models.rpn import train_rpn_step
+
+        with torch.no_grad():
+            feats = self.encoder.forward_features(batch["images"])
+        return train_rpn_step(self.rpn, feats, batch["gt_boxes"], batch["img_size"])
+
+
+def load_weights(model: EdgeSAM, path: str) -> None:
+    """Initialise from a Ray checkpoint directory (ours) or a student checkpoint file."""
+    from edgesam.models.checkpoint import load_state_dict_strict
+
+    p = Path(path)
+    state = torch.load(p / STATE_FILE if p.is_dir() else p, map_location="cpu", weights_only=False)
+    load_state_dict_strict(model, state["model"], what=str(path))
+    rpn_state = state.get("rpn")
+    if rpn_state is not None and model.rpn is not None:
+        load_state_dict_strict(model.rpn, rpn_state, what=f"{path} (rpn)")
+
+
+def decode_batch(table: pa.Table, img_size: int, device: torch.device, max_prompts: int, rng: np.random.Generator) -> dict:
+    rows = [decode_row({**r, "prompt_index": [], "teacher_box_masks": b"", "teacher_point_masks": b"",
+                        "gt_rles": [], "orig_height": r["input_height"], "orig_width": r["input_width"]}, img_size)
+            for r in table.to_pylist()]
+    prompts = []
+    for r in rows:
+        k = len(r["boxes"])
+        if k > max_prompts:  # with replacement, as the reference does
+            idx = torch.from_numpy(rng.integers(0, k, max_prompts))
+        else:
+            idx = torch.arange(k)
+        prompts.append({"boxes": r["boxes"][idx].to(device), "points": r["points"][idx].to(device)})
+    return {"images": torch.stack([r["image"] for r in rows]).to(device),
+            "embeddings": torch.stack([r["embedding"] for r in rows]).to(device),
+            "input_hw": [r["input_hw"] for r in rows], "prompts": prompts,
+            "gt_boxes": [p["boxes"] for p in prompts], "image_ids": [r["image_id"] for r in rows],
+            "img_size": img_size}
+
+
+def _save(tmp: str, module_model: EdgeSAM, optimizer, scheduler, global_step: int, history: list) -> None:
+    torch.save({"model": module_model.state_dict(), "rpn": module_model.rpn.state_dict() if module_model.rpn is not None else None,
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "global_step": global_step,
+                "history": history}, os.path.join(tmp, STATE_FILE))
+
+
+def train_loop_per_worker(config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+    from ray.train import Checkpoint
+
+    from edgesam.distill.schedule import cosine_with_warmup
+    from edgesam.distill.steps import freeze_for_prompt_kd
+    from pipelines.distill_config import StepConfig
+    from pipelines.evaluate import evaluate_holdout
+
+    step = StepConfig(**config["step"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(config["seed"] + rank)
+    rng = np.random.default_rng(config["seed"] + 1000 * rank)
+    gen = torch.Generator().manual_seed(config["seed"] + rank)
+    device = ray.train.torch.get_device()
+    img_size = config["img_size"]
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+
+    model = EdgeSAM(img_size)
+    if step.kind == "rpn" or config.get("init_has_rpn"):
+        from edgesam.models.rpn import build_rpn
+
+        model.rpn = build_rpn(model.image_encoder.feature_channels, **config["rpn"])
+    resume = ray.train.get_checkpoint()
+    t = config["teacher"]
+    teacher_pd = build_teacher_prompt_decoder(t["name"], t["checkpoint"], img_size, seed=t["tiny_seed"])
+    if config["init_checkpoint"] and not resume:
+        load_weights(model, config["init_checkpoint"])
+    if step.kind == "prompt_kd":
+        if not resume and not config.get("keep_student_decoder"):
+            # INIT_FROM_TEACHER: the student decoder starts as the teacher's.
+            model.prompt_encoder.load_state_dict(teacher_pd.prompt_encoder.state_dict())
+            model.mask_decoder.load_state_dict(teacher_pd.mask_decoder.state_dict())
+        freeze_for_prompt_kd(model)
+        loss_module: nn.Module = PromptKD(model, teacher_pd)
+    elif step.kind == "encoder_kd":
+        loss_module = EncoderKD(model)
+    else:
+        model.image_encoder.requires_grad_(False)
+        loss_module = RpnStep(model)
+    params = [p for p in loss_module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=step.lr, weight_decay=step.weight_decay)
+    spe = config["steps_per_epoch"]
+    total = spe * step.epochs
+    scheduler = cosine_with_warmup(optimizer, total_steps=total, warmup_steps=int(step.warmup_epochs * spe),
+                                   base_lr=step.lr, min_lr=step.min_lr, warmup_lr=step.warmup_lr)
+    global_step, history = 0, []
+    if resume:
+        with resume.as_directory() as d:
+            state = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        if model.rpn is not None and state.get("rpn") is not None:
+            model.rpn.load_state_dict(state["rpn"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        global_step, history = state["global_step"], state["history"]
+        print(f"[distill] rank {rank}: resumed {step.kind} at step {global_step}/{total}", flush=True)
+    ddp = ray.train.torch.prepare_model(loss_module, parallel_strategy_kwargs={"find_unused_parameters": step.kind != "encoder_kd"})
+    teacher_pd.to(device)
+    shard = ray.train.get_dataset_shard("train")
+    seen_dir = config.get("seen_ids_dir")
+
+    def report(metrics: dict, with_ckpt: bool) -> None:
+        if with_ckpt and rank == 0:
+            with tempfile.TemporaryDirectory() as tmp:
+                _save(tmp, model, optimizer, scheduler, global_step, history)
+                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(metrics)
+
+    start_epoch = global_step // spe
+    for epoch in range(start_epoch, step.epochs):
+        skip = global_step - epoch * spe
+        it = shard.iter_batches(batch_size=step.batch_size, batch_format="pyarrow", drop_last=True)
+        for i, table in enumerate(it):
+            if i < skip or i >= spe:
+                continue  # drain: every worker consumes its whole split each epoch
+            batch = decode_batch(table, img_size, device, step.max_prompts, rng)
+            batch.update(kind="point" if rng.random() < step.point_prob else "box", decode_iters=step.decode_iters,
+                         generator=gen)
+            loss, parts = ddp(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if step.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, step.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            global_step += 1
+            if seen_dir:
+                with open(os.path.join(seen_dir, f"{step.kind}-rank{rank}.txt"), "a") as f:
+                    f.write("\n".join(batch["image_ids"]) + "\n")
+            rec = {"step": global_step, "epoch": epoch, "loss": float(loss.detach()), "lr": scheduler.get_last_lr()[0],
+                   **{k: float(v) for k, v in parts.items()}}
+            history.append(rec)
+            last_in_epoch = global_step == (epoch + 1) * spe
+            if last_in_epoch:
+                metrics = {}
+                if rank == 0 and config["holdout_ids"] and step.kind != "rpn":
+                    metrics = evaluate_holdout(model, teacher_pd, config, device)
+                    history[-1].update({f"eval/{k}": v for k, v in metrics.items()})
+                report({**rec, "global_step": global_step, **{f"eval/{k}": v for k, v in metrics.items()}}, True)
+            elif global_step % config["checkpoint_every"] == 0:
+                report({**rec, "global_step": global_step}, True)

@@ -1,0 +1,107 @@
+"""Predictor semantics: coordinates in the original frame, input validation, batching."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from edgesam.data.transforms import ResizeLongestSide, preprocess, resized_shape
+from edgesam.inference import Predictor
+from edgesam.models import EdgeSAM
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    torch.manual_seed(0)
+    p = Predictor.from_model(EdgeSAM(256).eval())
+    rng = np.random.default_rng(0)
+    p.set_image(rng.integers(0, 255, (150, 300, 3), dtype=np.uint8))
+    return p
+
+
+def test_transform_matches_sam_resize():
+    assert resized_shape(150, 300, 256) == (128, 256)
+    assert resized_shape(1500, 2250, 1024) == (683, 1024)
+    t = ResizeLongestSide(256)
+    np.testing.assert_allclose(t.apply_coords(np.array([[300.0, 150.0]]), (150, 300)), [[256.0, 128.0]])
+    np.testing.assert_allclose(t.invert_coords(t.apply_coords(np.array([[17.0, 33.0]]), (150, 300)), (150, 300)),
+                               [[17.0, 33.0]], rtol=1e-5)
+    x, hw = preprocess(np.full((150, 300, 3), 255, np.uint8), 256)
+    assert x.shape == (1, 3, 256, 256) and hw == (128, 256)
+    assert torch.all(x[..., 128:, :] == 0)  # padding is zero after normalisation
+    assert torch.allclose(x[0, 0, 0, 0], torch.tensor((255 - 123.675) / 58.395))
+
+
+def test_predict_shapes_and_outputs(predictor):
+    masks, scores, low = predictor.predict(np.array([[10, 20], [200, 100]]), np.array([1, 0]), num_outputs=3)
+    assert masks.shape == (3, 150, 300) and masks.dtype == bool
+    assert scores.shape == (3,) and low.shape == (3, 64, 64)
+    assert np.all((scores >= 0) & (scores <= 1))
+    logits, _, _ = predictor.predict(box=np.array([10, 20, 200, 140]), return_logits=True)
+    assert logits.shape == (1, 150, 300) and logits.dtype == np.float32
+    p = predictor.predict_batch(boxes=np.array([[0, 0, 50, 50], [10, 20, 200, 140]]), num_outputs=4)
+    assert p.masks.shape == (2, 4, 150, 300) and p.iou.shape == (2, 4)
+
+
+def test_batched_equals_individual(predictor):
+    boxes = np.array([[0, 0, 50, 50], [10, 20, 200, 140], [100, 10, 290, 149]], np.float32)
+    batched = predictor.predict_batch(boxes=boxes, return_logits=True)
+    for i, b in enumerate(boxes):
+        single, _, _ = predictor.predict(box=b, return_logits=True)
+        np.testing.assert_allclose(batched.masks[i], single, atol=1e-3)
+
+
+def test_mask_input_changes_output(predictor):
+    _, _, low = predictor.predict(np.array([[100, 60]]), np.array([1]))
+    a, _, _ = predictor.predict(np.array([[100, 60]]), np.array([1]), return_logits=True)
+    b, _, _ = predictor.predict(np.array([[100, 60]]), np.array([1]), mask_input=low[None] * 10, return_logits=True)
+    assert not np.allclose(a, b)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(point_coords=np.array([[301, 10]]), point_labels=np.array([1])), "outside the image"),
+    (dict(point_coords=np.array([[-1, 10]]), point_labels=np.array([1])), "outside the image"),
+    (dict(point_coords=np.array([[np.nan, 10]]), point_labels=np.array([1])), "non-finite"),
+    (dict(point_coords=np.array([[1, 10]]), point_labels=np.array([1, 0])), "does not match"),
+    (dict(point_coords=np.array([[1, 10]]), point_labels=np.array([5])), "must be 0"),
+    (dict(point_coords=np.array([[1, 10]])), "together"),
+    (dict(point_coords=np.zeros((0, 2)), point_labels=np.zeros(0)), "empty"),
+    (dict(point_coords=np.array([1, 2, 3])), "together"),
+    (dict(box=np.array([50, 50, 10, 10])), "XYXY"),
+    (dict(box=np.array([0, 0, 10])), "box must have shape"),
+    (dict(box=np.array([0, 0, 10, 400])), "outside the image"),
+    ({}, "no prompt"),
+    (dict(box=np.array([0, 0, 10, 10]), num_outputs=2), "num_outputs"),
+    (dict(box=np.array([0, 0, 10, 10]), mask_input=np.zeros((1, 10, 10))), "mask_input"),
+])
+def test_bad_prompts_raise_clear_value_errors(predictor, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        predictor.predict(**kwargs)
+
+
+def test_too_many_prompts_rejected(predictor):
+    with pytest.raises(ValueError, match="exceed the limit"):
+        predictor.predict_batch(boxes=np.tile(np.array([[0, 0, 5, 5]]), (predictor.max_prompts + 1, 1)))
+
+
+def test_image_conversion_and_errors():
+    p = Predictor.from_model(EdgeSAM(256).eval())
+    rgb = np.random.default_rng(1).integers(0, 255, (64, 80, 3), dtype=np.uint8)
+    gray = rgb[..., 0]
+    p.set_image(gray)
+    emb_gray = p.embedding.copy()
+    p.set_image(np.repeat(gray[..., None], 3, axis=2))
+    np.testing.assert_allclose(emb_gray, p.embedding, atol=1e-5)  # grayscale == replicated RGB
+    rgba = np.concatenate([rgb, np.full((64, 80, 1), 7, np.uint8)], axis=2)
+    p.set_image(rgba)
+    emb_rgba = p.embedding.copy()
+    p.set_image(rgb)
+    np.testing.assert_allclose(emb_rgba, p.embedding, atol=1e-5)  # alpha dropped
+    for bad, msg in [(rgb.astype(np.float32), "uint8"), (rgb[..., :2], "shape"), (np.zeros((0, 5, 3), np.uint8), "empty"),
+                     ([[1, 2]], "numpy array")]:
+        with pytest.raises(ValueError, match=msg):
+            p.set_image(bad)
+    with pytest.raises(RuntimeError, match="set_image"):
+        Predictor.from_model(EdgeSAM(256).eval()).predict(box=np.array([0, 0, 1, 1]))
+    with pytest.raises(ValueError, match="embedding must have shape"):
+        p.set_embedding(np.zeros((1, 256, 8, 8), np.float32), (10, 10))
