@@ -149,7 +149,7 @@ def finalize(out_dir: Path, manifest: dict, summary: list[dict], elapsed: float)
 
 def run_cache(cfg: CacheConfig) -> dict:
     """Run (or resume) the caching job; returns the final manifest."""
-    import ray
+    from pipelines.ray_init import init_ray
 
     import edgesam
 
@@ -172,8 +172,7 @@ def run_cache(cfg: CacheConfig) -> dict:
     C.write_manifest(out_dir, manifest)
     print(f"[cache] {len(sources)} source(s) of format {fmt}; {len(done)} image(s) already cached, resuming after them"
           if done else f"[cache] {len(sources)} source(s) of format {fmt}", flush=True)
-    if not ray.is_initialized():
-        ray.init(address=cfg.ray_address, ignore_reinit_error=True)
+    init_ray(cfg.ray_address)
     summary = build_dataset(cfg, sources, fmt, frozenset(done)).take_all()
     manifest = finalize(out_dir, manifest, summary, time.time() - t0)
     for s in manifest["skipped"]:

@@ -46,6 +46,18 @@ def ensure_cache(cfg: DistillConfig) -> dict:
     return run_cache(cfg.cache)
 
 
+def _has_rpn(path: str | None) -> bool:
+    import torch
+
+    from pipelines.distill_loop import STATE_FILE
+
+    if not path:
+        return False
+    p = Path(path)
+    state = torch.load(p / STATE_FILE if p.is_dir() else p, map_location="cpu", weights_only=False)
+    return state.get("rpn") is not None
+
+
 def run_step(cfg: DistillConfig, step: StepConfig, split: dict, init_checkpoint: str | None) -> str:
     """Run one distillation step with TorchTrainer; returns the final checkpoint directory.
 
@@ -77,7 +89,8 @@ def run_step(cfg: DistillConfig, step: StepConfig, split: dict, init_checkpoint:
         "teacher": cfg.cache.teacher.model_dump(mode="json"), "init_checkpoint": init_checkpoint,
         "steps_per_epoch": split["steps_per_epoch"][step.kind], "holdout_files": split["holdout_files"],
         "holdout_ids": split["holdout_ids"], "eval": cfg.eval.model_dump(mode="json"), "seed": cfg.train.seed,
-        "checkpoint_every": cfg.train.checkpoint_every_steps, "rpn": cfg.rpn.model_dump(mode="json"),
+        "checkpoint_every": cfg.train.checkpoint_every_steps, "sync_bn": cfg.train.sync_bn,
+        "init_has_rpn": step.kind != "rpn" and _has_rpn(init_checkpoint), "seen_ids_dir": cfg.train.seen_ids_dir, "rpn": cfg.rpn.model_dump(mode="json"),
     }
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config=loop_cfg,
@@ -114,10 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     if random_teacher:
         print(RANDOM_BANNER, flush=True)
 
-    import ray
+    from pipelines.ray_init import init_ray
 
-    if not ray.is_initialized():
-        ray.init(address=cfg.ray_address, ignore_reinit_error=True)
+    init_ray(cfg.ray_address)
     ensure_cache(cfg)
     split = make_split(cfg)
     ckpt = cfg.student.init_checkpoint

@@ -42,6 +42,8 @@ class TrainCfg(StrictModel):
     checkpoint_every_steps: int = 20
     num_checkpoints_to_keep: int = 2
     max_failures: int = 2
+    seen_ids_dir: str | None = None  # tests: each worker appends the image ids it trained on here
+    sync_bn: bool = False  # SyncBatchNorm across GPU workers (step 1 in the paper)
     scaling: ScalingCfg = ScalingCfg()
 
 

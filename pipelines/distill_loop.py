@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from edgesam.data.cache import decode_row
-from edgesam.models import EdgeSAM, EncoderConfig, build_teacher_prompt_decoder
+from edgesam.models import EdgeSAM, build_teacher_prompt_decoder
+from edgesam.models.checkpoint import core_state_dict
 
 STATE_FILE = "state.pt"
 
@@ -72,7 +73,9 @@ def load_weights(model: EdgeSAM, path: str) -> None:
 
     p = Path(path)
     state = torch.load(p / STATE_FILE if p.is_dir() else p, map_location="cpu", weights_only=False)
+    rpn, model.rpn = model.rpn, None  # the "model" entry is the official-format part only
     load_state_dict_strict(model, state["model"], what=str(path))
+    model.rpn = rpn
     rpn_state = state.get("rpn")
     if rpn_state is not None and model.rpn is not None:
         load_state_dict_strict(model.rpn, rpn_state, what=f"{path} (rpn)")
@@ -98,7 +101,7 @@ def decode_batch(table: pa.Table, img_size: int, device: torch.device, max_promp
 
 
 def _save(tmp: str, module_model: EdgeSAM, optimizer, scheduler, global_step: int, history: list) -> None:
-    torch.save({"model": module_model.state_dict(), "rpn": module_model.rpn.state_dict() if module_model.rpn is not None else None,
+    torch.save({"model": core_state_dict(module_model), "rpn": module_model.rpn.state_dict() if module_model.rpn is not None else None,
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "global_step": global_step,
                 "history": history}, os.path.join(tmp, STATE_FILE))
 
@@ -146,8 +149,13 @@ def train_loop_per_worker(config: dict) -> None:
     else:
         model.image_encoder.requires_grad_(False)
         loss_module = RpnStep(model)
+    if config.get("sync_bn") and world > 1 and device.type == "cuda":
+        loss_module = nn.SyncBatchNorm.convert_sync_batchnorm(loss_module)
     params = [p for p in loss_module.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=step.lr, weight_decay=step.weight_decay)
+    # No weight decay on norms and biases (1-D tensors), as in the reference recipe.
+    groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": step.weight_decay},
+              {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=step.lr)
     spe = config["steps_per_epoch"]
     total = spe * step.epochs
     scheduler = cosine_with_warmup(optimizer, total_steps=total, warmup_steps=int(step.warmup_epochs * spe),
@@ -156,7 +164,9 @@ def train_loop_per_worker(config: dict) -> None:
     if resume:
         with resume.as_directory() as d:
             state = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=False)
+        rpn, model.rpn = model.rpn, None
         model.load_state_dict(state["model"])
+        model.rpn = rpn
         if model.rpn is not None and state.get("rpn") is not None:
             model.rpn.load_state_dict(state["rpn"])
         optimizer.load_state_dict(state["optimizer"])

@@ -112,7 +112,7 @@ def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
 
 def decode_jpeg(data: bytes) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as im:
-        return np.asarray(im.convert("RGB"))
+        return np.array(im.convert("RGB"))
 
 
 def _gt_prompts(annotations: list[dict], orig_hw: tuple[int, int], tf: ResizeLongestSide) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -384,6 +384,7 @@ def decode_row(row: dict, img_size: int) -> dict:
     emb = np.frombuffer(row["embedding"], np.float16).reshape(256, emb_side, emb_side)
     return {
         "image_id": row["image_id"],
+        "image_jpeg": row["image_jpeg"],
         "image": model_input(row["image_jpeg"], img_size),
         "embedding": torch.from_numpy(emb.astype(np.float32)),
         "input_hw": (int(row["input_height"]), int(row["input_width"])),

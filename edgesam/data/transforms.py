@@ -29,7 +29,7 @@ class ResizeLongestSide:
 
     def apply_image(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 HxWx3 (numpy) or (B,3,H,W) tensor -> float (B,3,h,w) resized with bilinear + antialias."""
-        t = torch.as_tensor(image)
+        t = torch.as_tensor(np.array(image, copy=not image.flags.writeable) if isinstance(image, np.ndarray) else image)
         if t.ndim == 3:
             t = t.permute(2, 0, 1)[None]
         h, w = resized_shape(t.shape[-2], t.shape[-1], self.target)

@@ -53,7 +53,7 @@ def load_student(path: str | Path, img_size: int = 1024, map_location: str = "cp
     obj = torch.load(path, map_location=map_location, weights_only=True)
     state, extras = _unwrap(obj)
     model = EdgeSAM(img_size)
-    load_state_dict_strict(model, state, what=str(path))
+    load_state_dict_strict(model, {k: v for k, v in state.items() if not k.startswith("rpn.")}, what=str(path))
     if extras.get("rpn") is not None:
         from .rpn import build_rpn  # local import: the RPN is optional
 
@@ -63,12 +63,17 @@ def load_student(path: str | Path, img_size: int = 1024, map_location: str = "cp
     return model.eval(), extras
 
 
+def core_state_dict(model: EdgeSAM) -> dict[str, torch.Tensor]:
+    """The official-format part of the state dict (no ``rpn.*`` keys; the RPN is stored on its own)."""
+    return {k: v for k, v in model.state_dict().items() if not k.startswith("rpn.")}
+
+
 def save_student(model: EdgeSAM, path: str | Path, meta: dict | None = None) -> Path:
     """Write ``{"model", "rpn", "meta"}``; the ``model`` entry alone is an official-format state dict."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"model": model.state_dict(), "rpn": model.rpn.state_dict() if model.rpn is not None else None,
+    torch.save({"model": core_state_dict(model), "rpn": model.rpn.state_dict() if model.rpn is not None else None,
                 "meta": meta or {}}, tmp)
     tmp.replace(path)
     return path
