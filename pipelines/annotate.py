@@ -218,9 +218,7 @@ def build_generator(cfg: AnnotateConfig, device: str | None = None):
     torch.set_num_threads(threads)
     if m.checkpoint and m.onnx_dir:
         raise ValueError("give model.checkpoint or model.onnx_dir, not both")
-    if m.onnx_dir:
-        from edgesam.inference.runtime import make_backends  # noqa: F401  (the ONNX branch goes through it)
-
+    if m.onnx_dir:  # encoder/decoder through edgesam.inference.runtime.make_backends, plus rpn.onnx
         return EverythingGenerator.from_onnx(m.onnx_dir, cfg.everything, device=device, threads=threads)
     if m.checkpoint:
         from edgesam.models import load_student

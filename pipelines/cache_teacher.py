@@ -31,7 +31,8 @@ DEFAULT_SAMPLE = "data/sample"
 class DataCfg(StrictModel):
     source: str = DEFAULT_SAMPLE  # tar shard, folder of shards, SA-1B folder, COCO set or image folder
     format: Literal["auto", "sa1b-tar", "sa1b-folder", "coco", "images"] = "auto"
-    sample_images: int = 48  # synthetic images generated when `source` is the default and missing
+    synthetic_if_missing: bool = True  # generate the synthetic sample set at `source` if it does not exist
+    sample_images: int = 48
     limit_sources: int | None = None
 
 
@@ -78,9 +79,9 @@ def resolve_sources(cfg: CacheConfig) -> tuple[list[str], str]:
     from edgesam.data.synthetic import ensure_sample_dataset
 
     src = cfg.data.source
-    if src == DEFAULT_SAMPLE and not Path(src).exists():
-        print(f"[cache] generating {cfg.data.sample_images} synthetic SA-1B-format images in {src}")
-    if src == DEFAULT_SAMPLE:
+    if cfg.data.synthetic_if_missing and "://" not in src and not Path(src).exists():
+        print(f"[cache] {src} does not exist: generating {cfg.data.sample_images} synthetic SA-1B-format images "
+              "there (data.synthetic_if_missing=true)", flush=True)
         src = str(ensure_sample_dataset(src, num_images=cfg.data.sample_images))
     if not Path(src).exists() and "://" not in src:
         raise FileNotFoundError(f"data.source not found: {src}")

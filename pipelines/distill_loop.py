@@ -177,6 +177,9 @@ def train_loop_per_worker(config: dict) -> None:
     teacher_pd.to(device)
     shard = ray.train.get_dataset_shard("train")
     seen_dir = config.get("seen_ids_dir")
+    if seen_dir:  # tests: which worker process trained on what
+        Path(seen_dir).mkdir(parents=True, exist_ok=True)
+        Path(seen_dir, f"{step.kind}-rank{rank}.pid").write_text(str(os.getpid()))
 
     def report(metrics: dict, with_ckpt: bool) -> None:
         if with_ckpt and rank == 0:

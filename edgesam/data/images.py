@@ -64,7 +64,20 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
         if im.mode == "P" and "transparency" in im.info:
             im = im.convert("RGBA")
         arr = np.asarray(im.convert("RGB"))
-    return np.ascontiguousarray(arr, dtype=np.uint8)
+    arr = np.ascontiguousarray(arr, dtype=np.uint8)
+    return arr if arr.flags.writeable else arr.copy()  # PIL's array views are read-only
+
+
+def _oriented(im: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation tag (a malformed EXIF block leaves the pixels as stored)."""
+    try:
+        orientation = im.getexif().get(0x0112, 1)
+        if orientation in (2, 3, 4, 5, 6, 7, 8):
+            out = ImageOps.exif_transpose(im)
+            return out if out is not None else im
+    except Exception:  # noqa: BLE001 - malformed EXIF is not a reason to drop the image
+        pass
+    return im
 
 
 def decode_image(data: bytes, source: str = "", min_side: int = DEFAULT_MIN_SIDE,
@@ -85,7 +98,7 @@ def decode_image(data: bytes, source: str = "", min_side: int = DEFAULT_MIN_SIDE
         with warnings.catch_warnings():
             # our own max_pixels check below replaces PIL's warning; its hard error is caught below
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(bytes(data))) as im:
+            with Image.open(io.BytesIO(data if isinstance(data, bytes) else bytes(data))) as im:
                 w, h = im.size
                 if w * h > max_pixels:
                     raise ImageDecodeError(
@@ -93,17 +106,14 @@ def decode_image(data: bytes, source: str = "", min_side: int = DEFAULT_MIN_SIDE
                 if min(w, h) < min_side:
                     raise ImageDecodeError(f"image too small: {w}x{h}, shorter side < min_side={min_side}{where}")
                 im.load()  # full decode: a truncated PNG/JPEG fails here
-                try:
-                    oriented = ImageOps.exif_transpose(im)
-                except Exception:  # noqa: BLE001 - malformed EXIF: keep the pixels as stored
-                    oriented = im
-                return _to_rgb(oriented if oriented is not None else im)
+                return _to_rgb(_oriented(im))
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(f"image too large (decompression-bomb guard): {exc}{where}") from exc
     except UnidentifiedImageError as exc:
         raise ImageDecodeError(f"not an image: cannot identify image file ({len(data)} bytes){where}") from exc
-    except (OSError, SyntaxError, ValueError, TypeError, EOFError, MemoryError, struct.error) as exc:
+    # Warning: PIL's metadata warnings, when a caller runs with warnings turned into errors
+    except (OSError, SyntaxError, ValueError, TypeError, EOFError, MemoryError, struct.error, Warning) as exc:
         raise ImageDecodeError(f"corrupt or truncated image: {exc}{where}") from exc
 

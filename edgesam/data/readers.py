@@ -221,8 +221,8 @@ def _walk_files(root: Path) -> list[Path]:
     out = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith("."))
-    return out
+        out.extend(Path(dirpath) / f for f in filenames if not f.startswith("."))
+    return sorted(out)  # by path components: "a.jpg" < "sub/a.jpg" < "x.jpg"
 
 
 def _annotation_for(img: Path, root: Path) -> Path | None:

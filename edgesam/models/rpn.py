@@ -5,8 +5,8 @@ Why FCOS-style (anchor-free) rather than the paper's EfficientDet anchors:
 * SA-1B boxes are multi-granular (parts, objects, stuff) with every aspect ratio and size. Anchors would need
   scales/ratios tuned to that distribution and an IoU assigner; FCOS assigns GT boxes to feature locations by
   centre region and per-level size range, with nothing to tune per dataset.
-* The head is tiny (two shared 3x3 towers of ``width`` channels over 3-4 levels, ~0.2M parameters at
-  width 64) and adds a few ms to the encoder.
+* It is tiny: FPN + head have 0.53M parameters at width 64 (0.2M at width 32), against 9.6M for the
+  student, and the head's two 3x3 towers are shared across levels.
 * Outputs map directly onto "proposals for a promptable decoder": one box per location plus a centerness
   that down-weights boxes predicted far from an object's centre, so score = sqrt(objectness * centerness)
   ranks well-localised boxes first; class-agnostic NMS then yields box prompts.

@@ -1,0 +1,165 @@
+"""Segment everything: RPN mode vs SAM's 32x32 point grid, seconds per image and recall, on the same images.
+
+    python benchmarks/everything.py --img-size 1024 --threads 2 --images 2 --out BENCHMARKS.md
+    python benchmarks/everything.py --checkpoint runs/sa1b/student.pt ...   # a distilled student with an RPN
+
+Images are synthetic scenes (``edgesam.data.synthetic.make_scene``) with exact instance masks, so recall and AP
+are computed against true GT. Without ``--checkpoint`` the student and RPN have RANDOM weights: the timings
+are real (they do not depend on weight values, except through how many proposals pass the score threshold,
+capped at ``max_proposals``) but recall/AP are meaningless. Writes the section between
+``<!-- everything:begin -->`` and ``<!-- everything:end -->`` of ``--out`` and prints it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+
+from benchmarks.common import load_average, machine_info, replace_section, set_threads, wait_for_quiet  # noqa: E402
+from edgesam.config import load_config  # noqa: E402
+from edgesam.data.rle import encode_mask, mask_to_bbox  # noqa: E402
+from edgesam.data.synthetic import make_scene  # noqa: E402
+from edgesam.eval.everything_eval import evaluate_everything  # noqa: E402
+from edgesam.inference.everything import EverythingConfig, EverythingGenerator  # noqa: E402
+from edgesam.models import EdgeSAM, load_student  # noqa: E402
+from edgesam.models.rpn import build_rpn  # noqa: E402
+
+HEADING = "## Segment everything: RPN vs point grid (issue: RPN-driven segment everything)"
+SECTION = "everything"
+
+
+def build_model(checkpoint: Path | None, img_size: int, seed: int) -> tuple[EdgeSAM, bool]:
+    """-> (student with an RPN, random_weights)."""
+    if checkpoint is not None:
+        model, _ = load_student(checkpoint, img_size)
+        if model.rpn is None:
+            raise SystemExit(f"{checkpoint} has no RPN: RPN mode needs a student trained with distillation step 3")
+        return model.eval(), False
+    torch.manual_seed(seed)
+    model = EdgeSAM(img_size).eval()
+    model.rpn = build_rpn(model.image_encoder.feature_channels, width=64, num_convs=2).eval()
+    return model, True
+
+
+def scenes(n: int, height: int, width: int, seed: int) -> list[tuple[np.ndarray, list[np.ndarray]]]:
+    rng = np.random.default_rng(seed)
+    return [make_scene(rng, height, width) for _ in range(n)]
+
+
+def run_mode(model: EdgeSAM, cfg: EverythingConfig, images: list[tuple[np.ndarray, list[np.ndarray]]]) -> dict:
+    """Time ``generate`` per image (after one untimed warm-up call on a small image) and evaluate."""
+    gen = EverythingGenerator.from_model(model, cfg)
+    gen.generate(np.zeros((64, 64, 3), np.uint8))  # warm-up: allocator, kernels
+    gen.stats = {k: 0 for k in gen.stats}
+    times, evals = [], []
+    for i, (img, masks) in enumerate(images):
+        t0 = time.perf_counter()
+        recs = gen.generate(img)
+        times.append(time.perf_counter() - t0)
+        h, w = img.shape[:2]
+        evals.append({"id": i + 1, "height": h, "width": w,
+                      "gt": [{"segmentation": encode_mask(m), "bbox": mask_to_bbox(m)} for m in masks],
+                      "pred": recs, "proposals": gen.last_proposals if cfg.mode == "rpn" else None})
+        print(f"  {cfg.mode}: image {i + 1}/{len(images)} {w}x{h}: {times[-1]:.2f} s, {len(recs)} masks, "
+              f"{gen.stats['prompts']} prompts so far", flush=True)
+    n = len(images)
+    return {"mode": cfg.mode, "images": n, "seconds": times, "s_per_image": float(np.mean(times)),
+            "prompts_per_image": gen.stats["prompts"] / n, "decoder_calls_per_image": gen.stats["decoder_calls"] / n,
+            "masks_per_image": sum(len(e["pred"]) for e in evals) / n, "eval": evaluate_everything(evals)}
+
+
+def _f(v: float | None, fmt: str = ".3f") -> str:
+    return "n/a" if v is None else format(v, fmt)
+
+
+def render(info: dict, cmd: str, results: list[dict], random_weights: bool, size: tuple[int, int], img_size: int,
+           loads: tuple[float, float], cfgs: dict[str, EverythingConfig]) -> str:
+    w = "RANDOM weights (student and RPN): recall/AP are meaningless, only the timings count" if random_weights \
+        else "distilled student checkpoint"
+    lines = [f"Command: `{cmd}`", "",
+             f"Machine: {info['cpu']}, {info['logical_cpus']} logical CPUs, {info['threads']} torch threads; torch "
+             f"{info['torch']}; {info['date']}; 1-min load average {loads[0]:.2f} at start, {loads[1]:.2f} at end "
+             "(the machine is shared, so timings under load are pessimistic).", "",
+             f"Model: EdgeSAM student + FCOS RPN, torch eager on CPU, S = {img_size}; {w}. Images: synthetic scenes "
+             f"{size[1]}x{size[0]} (`make_scene`, exact GT masks), the same images for both modes.", "",
+             "| mode | images | prompts / image | decoder calls / image | s / image | masks / image | recall@0.5 | "
+             "recall@0.75 | RPN box recall@0.5 | segm AP |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        e = r["eval"]
+        note = " (random)" if random_weights else ""
+        lines.append(f"| {r['mode']} | {r['images']} | {r['prompts_per_image']:.0f} | {r['decoder_calls_per_image']:.0f} | "
+                     f"{r['s_per_image']:.2f} | {r['masks_per_image']:.1f} | {_f(e['recall@0.5'])}{note} | "
+                     f"{_f(e['recall@0.75'])}{note} | {_f(e['box_recall@0.5'])}{note if e['box_recall@0.5'] is not None else ''} | "
+                     f"{_f(e['AP'])}{note} |")
+    if len(results) == 2 and results[0]["s_per_image"] > 0:
+        rpn, grid = (results[0], results[1]) if results[0]["mode"] == "rpn" else (results[1], results[0])
+        lines += ["", f"RPN mode is {grid['s_per_image'] / rpn['s_per_image']:.1f}x faster per image than the "
+                      f"{cfgs['grid'].points_per_side}x{cfgs['grid'].points_per_side} grid here: the decoder dominates, "
+                      f"and RPN mode decodes {rpn['prompts_per_image']:.0f} box prompts in one call versus "
+                      f"{grid['prompts_per_image']:.0f} point prompts in {grid['decoder_calls_per_image']:.0f} calls."]
+    keys = {"rpn": ("prompt", "rpn_score_thresh", "rpn_nms_iou", "max_proposals"), "grid": ("points_per_side", "points_per_batch")}
+    common = ("num_outputs", "stability_score_thresh", "stability_score_offset", "mask_nms_iou")
+    lines += ["", "Settings: " + "; ".join(
+        f"{m}: " + ", ".join(f"{k}={getattr(c, k)}" for k in keys[m] + common) + f" (tokens per prompt {c.outputs_per_prompt()})"
+        for m, c in cfgs.items()) + "."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--img-size", type=int, default=1024)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--images", type=int, default=2, help="images per mode (the same ones for both)")
+    p.add_argument("--height", type=int, default=768)
+    p.add_argument("--width", type=int, default=1024)
+    p.add_argument("--checkpoint", type=Path, default=None, help="student checkpoint with an RPN (default: random)")
+    p.add_argument("--config", default="everything", help="EverythingConfig YAML (name under configs/ or path)")
+    p.add_argument("--points-per-side", type=int, default=32)
+    p.add_argument("--modes", default="rpn,grid")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-load", type=float, default=1.5, help="wait for a 1-min load average at or below this")
+    p.add_argument("--wait", type=float, default=600, help="seconds to wait for a quiet machine before starting")
+    p.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
+    p.add_argument("--json", type=Path, default=None, help="also write the raw numbers here")
+    args = p.parse_args(argv)
+    cmd = "python benchmarks/everything.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not modes or any(m not in ("rpn", "grid") for m in modes):
+        p.error("--modes must list rpn and/or grid")
+
+    set_threads(args.threads)
+    torch.set_num_interop_threads(1)
+    model, random_weights = build_model(args.checkpoint, args.img_size, args.seed)
+    if random_weights:
+        print("NOTE: RANDOM weights (student and RPN): recall/AP are meaningless; timings are real.", flush=True)
+    base = load_config(EverythingConfig, args.config)
+    cfgs = {m: base.model_copy(update={"mode": m, "points_per_side": args.points_per_side}) for m in modes}
+    imgs = scenes(args.images, args.height, args.width, args.seed)
+    load_start = wait_for_quiet(args.max_load, args.wait)
+    info = machine_info(args.threads)
+    results = []
+    for m in modes:
+        print(f"[everything] mode {m}", flush=True)
+        results.append(run_mode(model, cfgs[m], imgs))
+    loads = (load_start, load_average())
+    body = render(info, cmd, results, random_weights, (args.height, args.width), args.img_size, loads, cfgs)
+    replace_section(args.out, SECTION, HEADING, body)
+    if args.json:
+        args.json.write_text(json.dumps({"info": info, "loads": loads, "results": results,
+                                         "random_weights": random_weights}, indent=2, default=float))
+    print(body)
+    print(f"wrote section '{SECTION}' of {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,309 @@
+"""Segment everything: RPN proposals (or SAM's point grid) -> one batched decoder call -> filters -> mask NMS -> RLE.
+
+RPN mode (default), per image or crop:
+    encoder + RPN in one pass (``RpnEncoderBackend``: embedding and decoded proposals) -> threshold, top-k,
+    class-agnostic box NMS (:func:`edgesam.models.rpn.select_proposals`) -> ONE decoder call with every
+    proposal as a box prompt (optionally plus its centre as a positive point) -> stability / IoU-head
+    filters on the low-res logits -> upsample survivors to the original size, area filter -> COCO RLE ->
+    mask NMS (RLE IoU, see ``amg_utils``).
+Grid mode: SAM's ``points_per_side``^2 single-point prompts in decoder calls of ``points_per_batch``, same
+filters and output, for comparison.
+
+Scores. EdgeSAM's IoU head is not distilled, so masks are ranked (``score``, NMS order) by the stability
+score: IoU of the low-res logits thresholded at +-``stability_score_offset``. It is computed once, on the
+S/4 low-res logits (as EdgeSAM's predictor does), and filtered at ``stability_score_thresh``; the IoU head is
+reported as ``predicted_iou`` and filtered only when ``pred_iou_thresh`` > 0.
+
+ONNX. ``encoder.onnx`` outputs only the embedding, but the RPN needs the stride-8/16/32 maps. Rather than run
+a torch encoder beside ONNX (two encoder passes, torch weights needed at deploy time), RPN mode with ONNX runs
+``rpn.onnx`` (:func:`edgesam.models.rpn.export_rpn_onnx`): image -> embedding + decoded boxes + scores in one
+graph, in place of ``encoder.onnx``; thresholds and NMS stay outside the graph.
+
+Output records follow SA-1B: ``segmentation`` (RLE, str counts, original size), ``bbox`` XYWH, ``area``,
+``score`` (= stability), ``stability_score``, ``predicted_iou``, ``point_coords`` [[x, y]] (grid point or
+proposal centre), ``crop_box`` XYWH; RPN mode adds ``rpn_box`` XYWH and ``rpn_score``. All coordinates are
+original-image pixels.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from ..config import StrictModel
+from ..data.transforms import ResizeLongestSide, preprocess, postprocess_masks
+from ..models.prompt_decoder import select_outputs, stability_score
+from ..models.rpn import RPN_ONNX_FILE, RPN_ONNX_OUTPUTS, EncoderWithRPN, select_proposals
+from . import amg_utils as U
+from .backends import DecoderBackend, EncoderBackend
+
+
+class EverythingConfig(StrictModel):
+    """Segment-everything settings (defaults: SAM's AMG where they apply)."""
+
+    mode: Literal["rpn", "grid"] = "rpn"
+    # grid mode
+    points_per_side: int = Field(32, ge=1, le=128)
+    points_per_batch: int = Field(64, ge=1, le=4096)
+    # rpn mode
+    prompt: Literal["box", "box+point"] = "box"
+    rpn_score_thresh: float = Field(0.05, ge=0, le=1)
+    rpn_nms_iou: float = Field(0.7, gt=0, le=1)
+    rpn_pre_nms_top_k: int = Field(1000, ge=1)
+    max_proposals: int = Field(100, ge=1, le=4096)
+    # both
+    num_outputs: Literal[1, 3, 4] | None = None  # None: 1 for RPN boxes (unambiguous), 3 for grid points (SAM)
+    pred_iou_thresh: float = Field(0.0, ge=0, le=1)  # IoU head: not distilled in EdgeSAM, off by default
+    stability_score_thresh: float = Field(0.95, ge=0, le=1)
+    stability_score_offset: float = Field(1.0, ge=0)
+    mask_threshold: float = 0.0
+    min_mask_area: int = Field(0, ge=0)  # original-size pixels
+    mask_nms_iou: float = Field(0.7, gt=0, le=1)
+    crop_n_layers: int = Field(0, ge=0, le=3)
+    crop_overlap_ratio: float = Field(512 / 1500, ge=0, lt=1)
+    crop_nms_iou: float = Field(0.7, gt=0, le=1)
+    max_masks: int = Field(1000, ge=1)
+    upsample_chunk: int = Field(8, ge=1)  # masks upsampled to the original size at once (memory bound)
+
+    def outputs_per_prompt(self) -> int:
+        return self.num_outputs if self.num_outputs is not None else (1 if self.mode == "rpn" else 3)
+
+
+# -- encoder + RPN backends ------------------------------------------------------------------------------
+class RpnEncoderBackend(Protocol):
+    """images (1,3,S,S) float32 normalised padded -> (embedding (1,256,S/16,S/16), boxes (1,L,4) XYXY S frame,
+    scores (1,L)), numpy float32."""
+
+    img_size: int
+    name: str
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+
+
+class TorchRpnEncoder:
+    """Student encoder + RPN in PyTorch (one ``forward_features`` pass)."""
+
+    def __init__(self, image_encoder: torch.nn.Module, rpn: torch.nn.Module, img_size: int, device: str = "cpu") -> None:
+        self.module = EncoderWithRPN(image_encoder, rpn).to(device).eval()
+        self.img_size = img_size
+        self.device = device
+        self.name = f"torch-{device}"
+
+    @torch.inference_mode()
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        x = torch.as_tensor(images, dtype=torch.float32, device=self.device)
+        return tuple(t.float().cpu().numpy() for t in self.module(x))  # type: ignore[return-value]
+
+
+class OrtRpnEncoder:
+    """``rpn.onnx`` in ONNX Runtime (see :func:`edgesam.models.rpn.export_rpn_onnx`)."""
+
+    def __init__(self, path: str | Path, providers=None, threads: int | None = None) -> None:
+        from .ort_backend import _backend_name, make_session
+
+        self.path = Path(path)
+        self.session = make_session(self.path, providers, threads)
+        outs = tuple(o.name for o in self.session.get_outputs())
+        if outs != RPN_ONNX_OUTPUTS:
+            raise ValueError(f"{self.path} is not an EdgeSAM rpn graph: outputs {list(outs)}, expected {list(RPN_ONNX_OUTPUTS)}")
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.img_size = int(inp.shape[2])
+        self.name = _backend_name(self.session)
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        x = np.ascontiguousarray(images, dtype=np.float32)
+        if x.shape != (1, 3, self.img_size, self.img_size):
+            raise ValueError(f"images must have shape (1,3,{self.img_size},{self.img_size}), got {x.shape}")
+        emb, boxes, scores = self.session.run(list(RPN_ONNX_OUTPUTS), {self.input_name: x})
+        return emb, boxes, scores
+
+
+def candidates_from_logits(logits: np.ndarray, iou: np.ndarray, cfg: EverythingConfig, input_hw: tuple[int, int],
+                           crop_hw: tuple[int, int], img_size: int, crop_box: list[int] | None = None,
+                           orig_hw: tuple[int, int] | None = None) -> list[dict]:
+    """One decoder batch -> the masks that pass the filters, as RLEs in the original frame.
+
+    logits (N,4,S/4,S/4) low-res mask logits and iou (N,4) from the decoder; ``input_hw`` the resized extent of
+    the crop inside the S frame, ``crop_hw`` its original size, ``crop_box`` XYXY in the image of ``orig_hw``
+    (default: the whole image). Tokens are picked by ``cfg.outputs_per_prompt()``; filters: stability score
+    (low-res logits) >= ``stability_score_thresh``, IoU head >= ``pred_iou_thresh``, non-empty and
+    >= ``min_mask_area`` pixels at the original size, and (true crops only) not touching an inner crop edge.
+    Returns dicts {"prompt": index in the batch, "token": index among the selected tokens, "rle" (str counts,
+    original size), "stability", "iou"}, in prompt order.
+    """
+    orig_hw = tuple(orig_hw or crop_hw)
+    crop_box = list(crop_box) if crop_box is not None else [0, 0, orig_hw[1], orig_hw[0]]
+    full = crop_box == [0, 0, orig_hw[1], orig_hw[0]]
+    lt, it = select_outputs(torch.from_numpy(np.asarray(logits, np.float32)), torch.from_numpy(np.asarray(iou, np.float32)),
+                            cfg.outputs_per_prompt())
+    stab = stability_score(lt, cfg.mask_threshold, cfg.stability_score_offset)
+    ok = (stab >= cfg.stability_score_thresh) & (it >= cfg.pred_iou_thresh)
+    rows, cols = (t.numpy() for t in torch.nonzero(ok, as_tuple=True))
+    out: list[dict] = []
+    for sl in U.batches(len(rows), cfg.upsample_chunk):  # bounded memory: a few masks at the original size at once
+        r, c = rows[sl], cols[sl]
+        up = postprocess_masks(lt[r, c][:, None], input_hw, tuple(crop_hw), img_size)[:, 0] > cfg.mask_threshold
+        rles = U.masks_to_rles(up.numpy())
+        area, bbox = U.rle_area_bbox(rles)
+        good = (area > 0) & (area >= cfg.min_mask_area)
+        if not full:
+            xyxy = np.concatenate([bbox[:, :2], bbox[:, :2] + bbox[:, 2:]], axis=1)
+            good &= ~U.near_crop_edge(xyxy, crop_box, [0, 0, orig_hw[1], orig_hw[0]])
+        for j in np.nonzero(good)[0]:
+            out.append({"prompt": int(r[j]), "token": int(c[j]),
+                        "rle": rles[j] if full else U.uncrop_rle(rles[j], crop_box, orig_hw),
+                        "stability": float(stab[r[j], c[j]]), "iou": float(it[r[j], c[j]])})
+    return out
+
+
+# -- the generator ---------------------------------------------------------------------------------------
+class EverythingGenerator:
+    """Segment everything in an image with an encoder/decoder pair and (RPN mode) an encoder+RPN backend.
+
+    ``stats`` counts images, encoder calls, decoder calls and prompts since construction.
+    ``last_proposals`` holds the last image's RPN proposals (M,5) [x0, y0, x1, y1, score] in the original
+    frame (all crops; empty in grid mode), for box-recall evaluation.
+    """
+
+    def __init__(self, decoder: DecoderBackend, cfg: EverythingConfig | None = None,
+                 encoder: EncoderBackend | None = None, rpn: RpnEncoderBackend | None = None) -> None:
+        self.cfg = cfg or EverythingConfig()
+        if self.cfg.mode == "rpn" and rpn is None:
+            raise ValueError("everything mode 'rpn' needs an RPN backend (a checkpoint with an RPN, or rpn.onnx); "
+                             "use mode 'grid' for a point grid")
+        if self.cfg.mode == "grid" and encoder is None and rpn is None:
+            raise ValueError("everything mode 'grid' needs an encoder backend")
+        self.decoder, self.encoder, self.rpn = decoder, encoder, rpn
+        self.img_size = int((rpn if self.cfg.mode == "rpn" else encoder or rpn).img_size)  # type: ignore[union-attr]
+        self.transform = ResizeLongestSide(self.img_size)
+        self.stats = {"images": 0, "encoder_calls": 0, "decoder_calls": 0, "prompts": 0}
+        self.last_proposals = np.zeros((0, 5), np.float32)
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, cfg: EverythingConfig | None = None, device: str = "cpu") -> "EverythingGenerator":
+        """Torch backends from an :class:`EdgeSAM` (``model.rpn`` is needed for RPN mode)."""
+        from .runtime import make_backends
+
+        cfg = cfg or EverythingConfig()
+        enc, dec = make_backends("torch", model=model, device=device)
+        rpn = None
+        if getattr(model, "rpn", None) is not None:
+            rpn = TorchRpnEncoder(model.image_encoder, model.rpn, model.img_size, device)
+        elif cfg.mode == "rpn":
+            raise ValueError("model has no RPN (model.rpn is None); load a checkpoint trained with step 3 or use mode 'grid'")
+        return cls(dec, cfg, encoder=enc, rpn=rpn)
+
+    @classmethod
+    def from_onnx(cls, onnx_dir: str | Path, cfg: EverythingConfig | None = None, device: str = "cpu",
+                  threads: int | None = None) -> "EverythingGenerator":
+        """ONNX Runtime backends from an export folder (``encoder.onnx``, ``decoder.onnx``, and ``rpn.onnx`` for RPN mode)."""
+        from .runtime import make_backends
+
+        cfg = cfg or EverythingConfig()
+        enc, dec = make_backends("onnxruntime", onnx_dir=onnx_dir, device=device, threads=threads)
+        rpn = None
+        rpn_path = Path(onnx_dir) / RPN_ONNX_FILE
+        if cfg.mode == "rpn":
+            if not rpn_path.is_file():
+                raise FileNotFoundError(f"everything mode 'rpn' with ONNX needs {rpn_path}: write it with "
+                                        "edgesam.models.rpn.export_rpn_onnx(model, path), or use mode 'grid'")
+            providers = getattr(getattr(dec, "session", None), "get_providers", lambda: None)()
+            rpn = OrtRpnEncoder(rpn_path, providers, threads)
+        return cls(dec, cfg, encoder=enc, rpn=rpn)
+
+    # -- public ------------------------------------------------------------------------------------------
+    def generate(self, image: np.ndarray) -> list[dict]:
+        """uint8 (H,W,3) RGB (grayscale / RGBA converted) -> SA-1B-style records, best score first."""
+        from .predictor import as_rgb_uint8
+
+        image = as_rgb_uint8(image)
+        if not image.flags.writeable:  # e.g. np.asarray(PIL image); torch wants writable memory
+            image = image.copy()
+        cfg = self.cfg
+        h, w = image.shape[:2]
+        crops, _ = U.crop_boxes((h, w), cfg.crop_n_layers, cfg.crop_overlap_ratio)
+        kept: list[dict] = []
+        proposals: list[np.ndarray] = []
+        for crop_box in crops:
+            cands, props = self._crop(image, crop_box)
+            keep = U.mask_nms(cands["rles"], np.asarray(cands["score"]), cfg.mask_nms_iou)
+            area = (crop_box[2] - crop_box[0]) * (crop_box[3] - crop_box[1])
+            kept.append({k: [v[i] for i in keep] for k, v in cands.items()} | {"crop_area": [area] * len(keep)})
+            proposals.append(props)
+        self.stats["images"] += 1
+        self.last_proposals = np.concatenate(proposals)
+        merged = {k: [x for c in kept for x in c[k]] for k in kept[0]}
+        if len(crops) > 1 and merged["rles"]:
+            # across crops, prefer masks from smaller (higher-resolution) crops, as SAM does
+            order = np.lexsort((-np.asarray(merged["score"]), np.asarray(merged["crop_area"])))
+            keep = U.mask_nms(merged["rles"], np.asarray(merged["score"]), cfg.crop_nms_iou, order=order)
+            merged = {k: [v[i] for i in keep] for k, v in merged.items()}
+        order = np.argsort(-np.asarray(merged["score"], np.float64), kind="stable")[: cfg.max_masks]
+        return [self._record(merged, i) for i in order]
+
+    # -- internals -----------------------------------------------------------------------------------------
+    def _crop(self, image: np.ndarray, crop_box: list[int]) -> tuple[dict, np.ndarray]:
+        """Candidates (filtered, RLE in the original frame) for one crop, and its proposals (M,5) original frame."""
+        cfg = self.cfg
+        x0, y0, x1, y1 = crop_box
+        crop = image[y0:y1, x0:x1]
+        crop_hw = crop.shape[:2]
+        x, input_hw = preprocess(crop, self.img_size)
+        x = x.numpy()
+        offset = np.array([x0, y0], np.float32)
+        props = np.zeros((0, 5), np.float32)
+        prompt_box: np.ndarray | None = None
+        prompt_score: np.ndarray | None = None
+        if cfg.mode == "rpn":
+            emb, boxes, scores = self.rpn(x)  # type: ignore[misc]
+            self.stats["encoder_calls"] += 1
+            pb, ps = select_proposals(torch.from_numpy(np.asarray(boxes[0])), torch.from_numpy(np.asarray(scores[0])),
+                                      input_hw, cfg.rpn_score_thresh, cfg.rpn_nms_iou, cfg.max_proposals,
+                                      cfg.rpn_pre_nms_top_k)
+            pb, ps = pb.numpy(), ps.numpy()
+            coords, labels = U.box_prompts(pb, cfg.prompt == "box+point")
+            prompt_box = self.transform.invert_coords(pb.reshape(-1, 2, 2), crop_hw).reshape(-1, 4) + np.tile(offset, 2)
+            prompt_score = ps
+            points = prompt_box.reshape(-1, 2, 2).mean(axis=1)
+            props = np.concatenate([prompt_box, ps[:, None]], axis=1).astype(np.float32)
+            groups = [slice(0, len(pb))] if len(pb) else []  # ONE decoder call for all proposals
+        else:
+            emb = self.encoder(x) if self.encoder is not None else self.rpn(x)[0]  # type: ignore[misc]
+            self.stats["encoder_calls"] += 1
+            pts = U.grid_points(cfg.points_per_side, crop_hw)
+            coords, labels = U.point_prompts(self.transform.apply_coords(pts, crop_hw))
+            points = pts + offset
+            groups = U.batches(len(pts), cfg.points_per_batch)
+        cands: dict[str, list] = {k: [] for k in ("rles", "score", "stability", "iou", "point", "crop_box",
+                                                  "rpn_box", "rpn_score")}
+        for sl in groups:
+            logits, iou = self.decoder(emb, coords[sl], labels[sl])
+            self.stats["decoder_calls"] += 1
+            self.stats["prompts"] += sl.stop - sl.start
+            for c in candidates_from_logits(logits, iou, cfg, input_hw, crop_hw, self.img_size, crop_box, image.shape[:2]):
+                n = sl.start + c["prompt"]
+                cands["rles"].append(c["rle"])
+                cands["score"].append(c["stability"])
+                cands["stability"].append(c["stability"])
+                cands["iou"].append(c["iou"])
+                cands["point"].append([float(v) for v in points[n]])
+                cands["crop_box"].append(U.xyxy_to_xywh(crop_box))
+                cands["rpn_box"].append(None if prompt_box is None else U.xyxy_to_xywh(prompt_box[n]))
+                cands["rpn_score"].append(None if prompt_score is None else float(prompt_score[n]))
+        return cands, props
+
+    @staticmethod
+    def _record(c: dict, i: int) -> dict:
+        rle = c["rles"][i]
+        area, bbox = U.rle_area_bbox([rle])
+        rec = {"segmentation": rle, "bbox": [float(v) for v in bbox[0]], "area": int(area[0]),
+               "score": float(c["score"][i]), "stability_score": float(c["stability"][i]),
+               "predicted_iou": float(c["iou"][i]), "point_coords": [c["point"][i]], "crop_box": c["crop_box"][i]}
+        if c["rpn_box"][i] is not None:
+            rec["rpn_box"] = c["rpn_box"][i]
+            rec["rpn_score"] = c["rpn_score"][i]
+        return rec

@@ -1,0 +1,86 @@
+"""Pick an encoder/decoder backend pair by name: ``torch``, ``onnxruntime`` or ``tensorrt``.
+
+``make_backends("torch", model=m)`` wraps an in-memory model; ``"onnxruntime"`` and ``"tensorrt"`` read
+``encoder.onnx`` / ``decoder.onnx`` from ``onnx_dir`` (written by ``python -m edgesam.export``); TensorRT
+engines are built from them once and cached under ``onnx_dir/trt_cache``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from .backends import DecoderBackend, EncoderBackend, TorchDecoder, TorchEncoder
+
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+BackendKind = Literal["torch", "onnxruntime", "tensorrt"]
+
+
+def _onnx_files(kind: str, onnx_dir: str | Path | None) -> tuple[Path, Path]:
+    from ..export.onnx_export import DECODER_FILE, ENCODER_FILE
+
+    if onnx_dir is None:
+        raise ValueError(f"backend {kind!r} needs onnx_dir (a folder with {ENCODER_FILE} and {DECODER_FILE}; "
+                         "create it with `python -m edgesam.export --checkpoint CKPT --out DIR`)")
+    d = Path(onnx_dir)
+    enc, dec = d / ENCODER_FILE, d / DECODER_FILE
+    missing = [str(p) for p in (enc, dec) if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"backend {kind!r}: missing {', '.join(missing)} "
+                                "(create them with `python -m edgesam.export --checkpoint CKPT --out DIR`)")
+    return enc, dec
+
+
+def _check_pair(encoder: EncoderBackend, decoder: DecoderBackend) -> None:
+    dec_size = getattr(decoder, "img_size", encoder.img_size)
+    if dec_size != encoder.img_size:
+        raise ValueError(f"encoder img_size {encoder.img_size} does not match decoder img_size {dec_size}")
+
+
+def make_backends(kind: BackendKind, *, model: torch.nn.Module | None = None, onnx_dir: str | Path | None = None,
+                  device: str = "cpu", threads: int | None = None,
+                  precision: str = "fp16") -> tuple[EncoderBackend, DecoderBackend]:
+    """Build ``(encoder, decoder)`` backends.
+
+    kind: ``torch`` (needs ``model``: an EdgeSAM or SamTeacher), ``onnxruntime`` (needs ``onnx_dir``;
+    ``device`` "cpu" or "cuda"), ``tensorrt`` (needs ``onnx_dir``, TensorRT and a CUDA ``device``;
+    ``precision`` "fp16" or "fp32"). ``threads``: intra-op CPU threads for onnxruntime and torch (None:
+    leave the library default).
+    """
+    if kind not in BACKENDS:
+        raise ValueError(f"unknown backend {kind!r}; expected one of {BACKENDS}")
+    if kind == "torch":
+        if model is None:
+            raise ValueError("backend 'torch' needs model= (an EdgeSAM, e.g. from edgesam.models.load_student)")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError(f"device {device!r} requested but torch.cuda.is_available() is False")
+        if threads is not None:
+            torch.set_num_threads(threads)
+        pd = model.prompt_decoder if isinstance(getattr(model, "prompt_decoder", None), torch.nn.Module) \
+            else model.as_prompt_decoder()
+        return TorchEncoder(model.image_encoder, model.img_size, device), TorchDecoder(pd, device)
+    enc_path, dec_path = _onnx_files(kind, onnx_dir)
+    if kind == "onnxruntime":
+        from .ort_backend import CPU_EP, CUDA_EP, OrtDecoder, OrtEncoder
+
+        if device == "cpu":
+            providers = [CPU_EP]
+        elif device.startswith("cuda"):
+            idx = int(device.split(":", 1)[1]) if ":" in device else 0
+            providers = [(CUDA_EP, {"device_id": idx}), CPU_EP]
+        else:
+            raise ValueError(f"device must be 'cpu' or 'cuda[:i]' for onnxruntime, got {device!r}")
+        enc, dec = OrtEncoder(enc_path, providers, threads), OrtDecoder(dec_path, providers, threads)
+    else:
+        from ..export.tensorrt_build import build_engines, import_tensorrt, require_cuda
+        from .trt_backend import TrtDecoder, TrtEncoder
+
+        import_tensorrt()
+        dev = require_cuda("cuda" if device == "cpu" else device)
+        engines = build_engines(Path(onnx_dir), precision=precision, device=dev.index or 0)
+        enc = TrtEncoder(engines["encoder"], device=dev.index or 0)
+        dec = TrtDecoder(engines["decoder"], device=dev.index or 0)
+        enc.name = dec.name = f"tensorrt-{precision}"
+    _check_pair(enc, dec)
+    return enc, dec

@@ -1,0 +1,240 @@
+"""Model deployments: ``ImageEncoder`` and ``MaskDecoder`` with ``@serve.batch``, and ``Everything``.
+
+Replica options (replicas, autoscaling, CPUs/GPUs, ``max_ongoing_requests``) are applied by
+``serve.app.build_app`` from the config; batch sizes are set per replica in ``__init__`` and may be
+changed live through ``user_config`` (``{"max_batch_size": n, "batch_wait_timeout_s": t}``).
+
+Model calls run on one dedicated thread per replica (:class:`_ModelThread`) so the event loop keeps
+accepting and preprocessing requests (on the default executor) while a batch computes, and a model
+call never queues behind preprocessing; with ``max_concurrent_batches=1`` at most one batch runs at a
+time, which is what a single CPU/GPU model wants (GPU runtimes also prefer one calling thread).
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+import numpy as np
+from ray import serve
+
+from edgesam.data.rle import encode_mask, mask_to_bbox
+from edgesam.data.transforms import preprocess
+from edgesam.inference import Predictor
+from edgesam.inference.everything import EverythingConfig, EverythingGenerator
+
+from .codec import mask_to_png_b64
+from .config import ServeAppConfig
+from .messages import DecodeRequest
+from .model import ShapeOnlyEncoder, load_backends
+
+
+class _ModelThread:
+    """A single worker thread for model calls: ``await pool.run(fn, *args)``."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+
+def _apply_batch_settings(method: Any, current: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """Set ``max_batch_size`` / ``batch_wait_timeout_s`` on a ``@serve.batch`` method (the setters Serve
+    provides for live changes); returns ``current`` updated with the values now in use."""
+    out = dict(current)
+    if "max_batch_size" in settings:
+        out["max_batch_size"] = int(settings["max_batch_size"])
+        method.set_max_batch_size(out["max_batch_size"])
+    if "batch_wait_timeout_s" in settings:
+        out["batch_wait_timeout_s"] = float(settings["batch_wait_timeout_s"])
+        method.set_batch_wait_timeout_s(out["batch_wait_timeout_s"])
+    return out
+
+
+class _BatchStats:
+    """Histogram of executed batch sizes (requests per batch), for /healthz and the benchmark."""
+
+    def __init__(self) -> None:
+        self.sizes: Counter[int] = Counter()
+        self.busy_s = 0.0
+
+    def add(self, n: int, seconds: float) -> None:
+        self.sizes[n] += 1
+        self.busy_s += seconds
+
+    def as_dict(self) -> dict[str, Any]:
+        batches = sum(self.sizes.values())
+        items = sum(k * v for k, v in self.sizes.items())
+        return {"batches": batches, "items": items, "mean_batch": items / batches if batches else 0.0,
+                "histogram": {str(k): v for k, v in sorted(self.sizes.items())}, "busy_s": round(self.busy_s, 3)}
+
+
+@serve.deployment(name="ImageEncoder")
+class ImageEncoder:
+    """uint8 (H,W,3) RGB image -> embedding (1,256,S/16,S/16) float32, dynamically batched over images."""
+
+    def __init__(self, cfg: dict) -> None:
+        self.cfg = ServeAppConfig.model_validate(cfg)
+        backends = load_backends(self.cfg.model)
+        self.encoder, self.model_info = backends.encoder, backends.info
+        self.model_thread = _ModelThread()
+        self.img_size = self.cfg.model.img_size
+        self.batching = _apply_batch_settings(self._encode_batch, {}, self.cfg.encoder.model_dump())
+        self.stats = _BatchStats()
+
+    def reconfigure(self, user_config: dict) -> None:
+        self.batching = _apply_batch_settings(self._encode_batch, self.batching, user_config or {})
+
+    async def encode(self, image: np.ndarray) -> dict[str, Any]:
+        """-> {"embedding" (1,256,S/16,S/16), "input_hw" resized extent, "original_hw"}."""
+        image = np.array(image)  # arrays from Ray's object store are read-only; torch wants writable memory
+        x, input_hw = await asyncio.to_thread(preprocess, image, self.img_size)
+        emb = await self._encode_batch(x[0].numpy())
+        return {"embedding": emb[None], "input_hw": input_hw, "original_hw": (int(image.shape[0]), int(image.shape[1]))}
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def _encode_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """list of (3,S,S) normalised padded inputs -> list of (256,S/16,S/16): one encoder call."""
+        t0 = time.perf_counter()
+        out = await self.model_thread.run(self.encoder, np.stack(images))
+        self.stats.add(len(images), time.perf_counter() - t0)
+        return list(out)
+
+    def info(self) -> dict[str, Any]:
+        return {**self.model_info.as_dict(), "batching": self.batching, "stats": self.stats.as_dict()}
+
+
+def _prompt_arrays(reqs: list[DecodeRequest]) -> dict[str, np.ndarray | None]:
+    """Concatenate the prompts of same-key requests into ``predict_batch`` arguments."""
+    coords = labels = boxes = None
+    if reqs[0].points is not None:
+        coords = np.concatenate([np.repeat(r.points[None], r.num_prompts, 0) for r in reqs]).astype(np.float32)
+        labels = np.concatenate([np.repeat(r.labels[None], r.num_prompts, 0) for r in reqs])
+    if reqs[0].boxes is not None:
+        boxes = np.concatenate([r.boxes for r in reqs]).astype(np.float32)
+    return {"point_coords": coords, "point_labels": labels, "boxes": boxes}
+
+
+def _format_masks(req: DecodeRequest, masks: np.ndarray, stability: np.ndarray, iou: np.ndarray) -> list[dict]:
+    """masks (N,C,H,W) bool, stability/iou (N,C) -> MaskOut dicts, best-per-prompt when asked."""
+    out = []
+    for i in range(masks.shape[0]):
+        if req.select == "all" or masks.shape[1] == 1:
+            picks = range(masks.shape[1])
+        else:
+            picks = [int(np.argmax(stability[i] if req.select == "stability" else iou[i]))]
+        for j in picks:
+            m = masks[i, j]
+            item = {"prompt_index": i, "output_index": j, "score": float(stability[i, j]),
+                    "stability_score": float(stability[i, j]), "iou": float(iou[i, j]), "bbox": mask_to_bbox(m),
+                    "area": int(m.sum())}
+            if req.fmt == "png":
+                item["png"] = mask_to_png_b64(m)
+            else:
+                item["segmentation"] = encode_mask(m)
+            out.append(item)
+    return out
+
+
+@serve.deployment(name="MaskDecoder")
+class MaskDecoder:
+    """Prompt decoding, dynamically batched over requests.
+
+    A batch is split into groups by :meth:`DecodeRequest.group_key`; each group is one decoder call
+    (several clients clicking on the same image, or one client's rapid clicks), otherwise one call per
+    request. What this buys depends on the device: on CPU the SAM decoder costs ~the same per prompt
+    batched or not, so the gain is amortised per-call overhead (Python, prompt encoding, the embedding
+    broadcast); on GPU one call over many prompts fills the device and is much cheaper per prompt.
+    """
+
+    def __init__(self, cfg: dict) -> None:
+        self.cfg = ServeAppConfig.model_validate(cfg)
+        backends = load_backends(self.cfg.model)
+        self.decoder, self.model_info = backends.decoder, backends.info
+        self.model_thread = _ModelThread()
+        self.img_size = self.cfg.model.img_size
+        self.batching = _apply_batch_settings(self._decode_batch, {}, self.cfg.decoder.model_dump())
+        self.stats = _BatchStats()
+        self.groups = _BatchStats()
+
+    def reconfigure(self, user_config: dict) -> None:
+        self.batching = _apply_batch_settings(self._decode_batch, self.batching, user_config or {})
+
+    async def decode(self, req: DecodeRequest) -> dict[str, Any]:
+        """-> {"masks": [MaskOut dict, ...]} or {"error": message} for a prompt the predictor rejects."""
+        return await self._decode_batch(req)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def _decode_batch(self, reqs: list[DecodeRequest]) -> list[dict[str, Any]]:
+        t0 = time.perf_counter()
+        groups: dict[tuple, list[int]] = {}
+        for i, r in enumerate(reqs):
+            groups.setdefault(r.group_key(), []).append(i)
+        results: list[dict[str, Any] | None] = [None] * len(reqs)
+        for idx in groups.values():
+            for i, res in zip(idx, await self.model_thread.run(self._run_group, [reqs[i] for i in idx])):
+                results[i] = res
+        self.stats.add(len(reqs), time.perf_counter() - t0)
+        return results
+
+    def _predictor(self, req: DecodeRequest, num_prompts: int) -> Predictor:
+        p = Predictor(ShapeOnlyEncoder(self.img_size), self.decoder, max_prompts=max(num_prompts, 1))
+        p.set_embedding(np.array(req.embedding, np.float32), req.original_hw, req.input_hw)  # writable copy
+        return p
+
+    def _run_group(self, group: list[DecodeRequest]) -> list[dict[str, Any]]:
+        """One decoder call for the group; if it is rejected, decode one by one so only the bad request fails."""
+        counts = [r.num_prompts for r in group]
+        try:
+            pred = self._predictor(group[0], sum(counts)).predict_batch(
+                **_prompt_arrays(group), num_outputs=group[0].num_outputs)
+        except ValueError as e:
+            if len(group) == 1:
+                return [{"error": str(e)}]
+            return [res for r in group for res in self._run_group([r])]
+        self.groups.add(len(group), 0.0)
+        out, start = [], 0
+        for r, n in zip(group, counts):
+            sl = slice(start, start + n)
+            out.append({"masks": _format_masks(r, pred.masks[sl], pred.stability[sl], pred.iou[sl])})
+            start += n
+        return out
+
+    def info(self) -> dict[str, Any]:
+        return {**self.model_info.as_dict(), "batching": self.batching, "stats": self.stats.as_dict(),
+                "groups": self.groups.as_dict()}
+
+
+def everything_config(cfg: ServeAppConfig, has_rpn: bool) -> EverythingConfig:
+    """The generator's config: ``everything.generator`` fields plus the resolved mode."""
+    mode = cfg.everything.mode if cfg.everything.mode != "auto" else ("rpn" if has_rpn else "grid")
+    return EverythingConfig.model_validate({**cfg.everything.generator, "mode": mode})
+
+
+@serve.deployment(name="Everything")
+class Everything:
+    """Segment-everything over whole images with its own encoder (+RPN) and decoder: heavy, so it is a
+    separate deployment that scales on its own."""
+
+    def __init__(self, cfg: dict) -> None:
+        self.cfg = ServeAppConfig.model_validate(cfg)
+        backends = load_backends(self.cfg.model, with_rpn=self.cfg.everything.mode != "grid")
+        self.model_info = backends.info
+        self.gen_cfg = everything_config(self.cfg, backends.rpn is not None)
+        self.generator = EverythingGenerator(backends.decoder, self.gen_cfg, encoder=backends.encoder, rpn=backends.rpn)
+        self.model_thread = _ModelThread()  # one image at a time: the generator is stateful and compute-bound
+
+    async def segment(self, images: list[np.ndarray]) -> list[dict[str, Any]]:
+        """list of uint8 (H,W,3) -> list of {"width", "height", "annotations": [SA-1B-style records + "id"]}."""
+        results = []
+        for image in images:
+            records = await self.model_thread.run(self.generator.generate, np.array(image))
+            results.append({"width": int(image.shape[1]), "height": int(image.shape[0]),
+                            "annotations": [{"id": i, **r} for i, r in enumerate(records)]})
+        return results
+
+    def info(self) -> dict[str, Any]:
+        return {**self.model_info.as_dict(), "implementation": f"EverythingGenerator(mode={self.gen_cfg.mode})"}

@@ -1,0 +1,36 @@
+"""Messages between the ingress and the model deployments (numpy only: the ingress never imports torch)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class DecodeRequest:
+    """One /v1/segment call after validation. Coordinates in the original frame.
+
+    embedding (1,256,S/16,S/16); points (P,2) + labels (P,) form one prompt, or with boxes (N,4) XYXY
+    the points join every box (N prompts).
+    """
+
+    embedding_id: str
+    embedding: np.ndarray
+    original_hw: tuple[int, int]
+    input_hw: tuple[int, int]
+    points: np.ndarray | None
+    labels: np.ndarray | None
+    boxes: np.ndarray | None
+    num_outputs: int = 1
+    select: str = "all"
+    fmt: str = "rle"
+
+    @property
+    def num_prompts(self) -> int:
+        return 1 if self.boxes is None else len(self.boxes)
+
+    def group_key(self) -> tuple:
+        """Requests with equal keys decode exactly as one call: same embedding, same prompt length
+        (padding prompts to a common length would change SAM's attention and thus the masks)."""
+        return (self.embedding_id, None if self.points is None else len(self.points), self.boxes is not None,
+                self.num_outputs)

@@ -1,0 +1,157 @@
+"""Load the encoder/decoder backends a replica serves, and describe what was loaded.
+
+Weights come from ``model.checkpoint`` (``load_student``, torch backend), ``model.onnx_dir`` (graphs from
+``python -m edgesam.export``, onnxruntime or tensorrt backend), or, with neither, a random initialisation
+from ``model.seed``: deterministic, so every replica (and a test building ``EdgeSAM(img_size)`` after
+``torch.manual_seed(seed)``) holds the same weights. Random weights, including ONNX graphs exported from
+random weights (``export_meta.json``), are reported loudly in the logs and in ``/healthz``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edgesam.inference.backends import DecoderBackend, EncoderBackend
+from edgesam.inference.runtime import make_backends
+from edgesam.models import EdgeSAM, fuse_for_deploy, load_student
+
+from .config import ModelSection
+
+log = logging.getLogger("ray.serve")
+
+RANDOM_WARNING = ("EdgeSAM is serving RANDOMLY INITIALISED weights (no trained model.checkpoint or model.onnx_dir): "
+                  "masks are meaningless. Point model.checkpoint at a distilled student checkpoint.")
+EXPORT_META = "export_meta.json"  # written by edgesam.export next to encoder.onnx / decoder.onnx
+
+
+@dataclass
+class ModelInfo:
+    """What a replica loaded; reported by ``GET /healthz``."""
+
+    identity: str
+    weights: str  # "checkpoint" | "onnx" | "random"
+    backend: str
+    img_size: int
+    device: str
+    warning: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"identity": self.identity, "weights": self.weights, "backend": self.backend,
+                "img_size": self.img_size, "device": self.device, "warning": self.warning, "meta": self.meta}
+
+
+class ShapeOnlyEncoder:
+    """Stands in for the encoder in a decoder-only :class:`Predictor` (which reads ``img_size`` from it)."""
+
+    def __init__(self, img_size: int) -> None:
+        self.img_size = img_size
+        self.name = "none"
+
+    def __call__(self, images):  # pragma: no cover - never called: decoder replicas get embeddings
+        raise RuntimeError("this replica only decodes; embeddings come from the ImageEncoder deployment")
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def resolve_kind(cfg: ModelSection) -> str:
+    """``auto``: onnxruntime when exported graphs are given, else torch."""
+    if cfg.backend != "auto":
+        return cfg.backend
+    return "onnxruntime" if cfg.onnx_dir else "torch"
+
+
+def build_torch_model(cfg: ModelSection) -> tuple[EdgeSAM, ModelInfo]:
+    """The student from ``cfg.checkpoint`` or, without one, random weights from ``cfg.seed``."""
+    if cfg.checkpoint:
+        model, extras = load_student(cfg.checkpoint, img_size=cfg.img_size)
+        ident = f"edgesam:{Path(cfg.checkpoint).name}:sha256={_file_digest(Path(cfg.checkpoint))}"
+        info = ModelInfo(ident, "checkpoint", "torch", cfg.img_size, cfg.device,
+                         meta={k: v for k, v in (extras.get("meta") or {}).items()
+                               if isinstance(v, (str, int, float, bool))})
+    else:
+        torch.manual_seed(cfg.seed)
+        model = EdgeSAM(cfg.img_size).eval()
+        info = ModelInfo(f"edgesam:random-seed{cfg.seed}", "random", "torch", cfg.img_size, cfg.device,
+                         warning=RANDOM_WARNING)
+    if cfg.fuse:
+        fuse_for_deploy(model)
+    return model.eval(), info
+
+
+def describe_onnx(cfg: ModelSection, kind: str) -> ModelInfo:
+    """Identity from the graphs' hashes; random weights flagged from ``export_meta.json``."""
+    d = Path(cfg.onnx_dir)
+    digest = hashlib.sha256()
+    for p in sorted(d.glob("*.onnx")):
+        digest.update(_file_digest(p).encode())
+    meta: dict[str, Any] = {}
+    if (d / EXPORT_META).is_file():
+        raw = json.loads((d / EXPORT_META).read_text())
+        meta = {k: raw[k] for k in ("checkpoint_sha256", "random_weights", "img_size", "opset") if k in raw}
+    random_weights = bool(meta.get("random_weights"))
+    return ModelInfo(f"edgesam-onnx:{d.name}:sha256={digest.hexdigest()[:16]}", "random" if random_weights else "onnx",
+                     kind, cfg.img_size, cfg.device, warning=RANDOM_WARNING if random_weights else None, meta=meta)
+
+
+@dataclass
+class Backends:
+    """What a replica runs: encoder/decoder (numpy I/O, ``edgesam.inference.backends`` protocols), the
+    encoder+RPN backend for segment-everything when the model has one (else None), and a description."""
+
+    encoder: EncoderBackend
+    decoder: DecoderBackend
+    info: ModelInfo
+    rpn: Any = None
+
+
+def _rpn_backend(cfg: ModelSection, model: EdgeSAM | None) -> Any:
+    """EdgeSAM's RPN next to the encoder: torch (a checkpoint from distillation step 3) or ``rpn.onnx``."""
+    from edgesam.inference.everything import OrtRpnEncoder, TorchRpnEncoder
+    from edgesam.models.rpn import RPN_ONNX_FILE
+
+    if model is not None:
+        rpn = getattr(model, "rpn", None)
+        return None if rpn is None else TorchRpnEncoder(model.image_encoder, rpn, cfg.img_size, cfg.device)
+    path = Path(cfg.onnx_dir) / RPN_ONNX_FILE
+    if not path.is_file():
+        return None
+    from edgesam.inference.ort_backend import CPU_EP
+
+    return OrtRpnEncoder(path, [CPU_EP] if cfg.device == "cpu" else None, cfg.threads)
+
+
+def load_backends(cfg: ModelSection, with_rpn: bool = False) -> Backends:
+    """Backends for ``cfg`` via ``edgesam.inference.runtime.make_backends`` (plus the RPN when ``with_rpn``
+    and available). Logs a loud warning on random weights."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    kind = resolve_kind(cfg)
+    model = None
+    if kind == "torch":
+        model, info = build_torch_model(cfg)
+        enc, dec = make_backends("torch", model=model, device=cfg.device, threads=cfg.threads)
+    else:
+        if not cfg.onnx_dir:
+            raise ValueError(f"model.backend={kind!r} needs model.onnx_dir (python -m edgesam.export ... --out DIR)")
+        enc, dec = make_backends(kind, onnx_dir=cfg.onnx_dir, device=cfg.device, threads=cfg.threads,
+                                 precision=cfg.precision)
+        info = describe_onnx(cfg, kind)
+    if enc.img_size != cfg.img_size:
+        raise ValueError(f"the {kind} encoder takes {enc.img_size}px inputs but model.img_size is {cfg.img_size}")
+    info.backend = f"{enc.name}/{dec.name}"
+    if info.warning:
+        log.warning("!" * 100 + "\n" + info.warning + "\n" + "!" * 100)
+    return Backends(enc, dec, info, _rpn_backend(cfg, model) if with_rpn else None)

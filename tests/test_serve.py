@@ -1,0 +1,355 @@
+"""Ray Serve application over real HTTP on 127.0.0.1: every endpoint, masks equal to the library predictor's,
+the embedding cache, dynamic batching, the API key, and ``serve/serve_config.yaml`` against Ray's schema.
+
+One private local Ray cluster (2 CPUs, replicas at 0.25 CPU) and one Serve app for the whole module.
+The model is a random-weight student saved as a checkpoint in a temp dir (no weights can be downloaded).
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+requests = pytest.importorskip("requests")
+pytest.importorskip("ray.serve")
+
+from edgesam.inference import Predictor  # noqa: E402
+from edgesam.models import EdgeSAM, load_student, save_student  # noqa: E402
+from edgesam.data.rle import decode_rle as rle_to_mask  # noqa: E402
+from serve.codec import png_b64_to_mask  # noqa: E402
+from serve.local import LocalServer, small_config  # noqa: E402
+from serve.samples import sample_image, sample_png  # noqa: E402
+
+pytestmark = [pytest.mark.ray,
+              # pycocotools under numpy 2 (inside edgesam.data.rle.decode_rle), not ours
+              pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")]
+# Covers the module fixture starting Ray + Serve (~20 s idle, over 60 s when the 2 cores are saturated).
+SERVER_TIMEOUT = 180
+REPO = Path(__file__).resolve().parent.parent
+KEY = "test-key-123"
+H = {"X-API-Key": KEY}
+IMG = 256
+
+
+def _png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(123)
+    path = tmp_path_factory.mktemp("serve") / "student_random.pt"
+    save_student(EdgeSAM(IMG).eval(), path, meta={"note": "random weights for tests"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def predictor(checkpoint) -> Predictor:
+    model, _ = load_student(checkpoint, img_size=IMG)
+    return Predictor.from_model(model)
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint):
+    cfg = small_config(model={"checkpoint": str(checkpoint)}, auth={"api_key": KEY},
+                       encoder={"batch_wait_timeout_s": 0.1}, decoder={"batch_wait_timeout_s": 0.1},
+                       cache={"max_embeddings": 4}, limits={"max_points": 8, "max_boxes": 4})
+    srv = LocalServer(cfg).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def coffee(server) -> dict:
+    """The coffee sample's embedding, (re-)posted per test: the small cache may have evicted it."""
+    data = sample_png("coffee")
+    r = requests.post(server.url + "/v1/embeddings", json={"image_b64": _b64(data)}, headers=H, timeout=60)
+    assert r.status_code == 200, r.text
+    return {"bytes": data, "image": sample_image("coffee"), **r.json()}
+
+
+@pytest.mark.timeout(SERVER_TIMEOUT)
+def test_healthz_reports_model_and_weights(server, checkpoint):
+    h = requests.get(server.url + "/healthz", timeout=30).json()
+    assert h["status"] == "ok"
+    assert h["weights"] == "checkpoint" and checkpoint.name in h["model"] and "sha256=" in h["model"]
+    assert h["warning"] is None
+    assert h["img_size"] == IMG and h["auth"] is True
+    assert h["backend"]["encoder"].startswith("torch-cpu")
+    assert h["batching"]["encoder"]["max_batch_size"] == 4 and h["batching"]["decoder"]["max_batch_size"] == 8
+    assert h["cache"]["capacity"] == 4
+    assert h["everything"] == "EverythingGenerator(mode=grid)"  # auto: the random student has no RPN
+
+
+@pytest.mark.timeout(SERVER_TIMEOUT)
+def test_page_docs_and_samples(server):
+    page = requests.get(server.url + "/", timeout=30)
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert '<canvas id="overlay"' in page.text and "/v1/segment" in page.text
+    assert not re.search(r"(src|href)=[\"']?(https?:)?//", page.text), "the page must be self-contained (no CDN)"
+    assert requests.get(server.url + "/docs", timeout=30).status_code == 200
+    paths = requests.get(server.url + "/openapi.json", timeout=30).json()["paths"]
+    assert {"/v1/embeddings", "/v1/segment", "/v1/everything", "/healthz", "/v1/samples"} <= set(paths)
+    assert "multipart/form-data" in paths["/v1/embeddings"]["post"]["requestBody"]["content"]
+    samples = requests.get(server.url + "/v1/samples", timeout=30).json()
+    assert [s["name"] for s in samples][:1] == ["shapes"] and len(samples) >= 3
+    for s in samples:
+        r = requests.get(server.url + s["url"], timeout=30)
+        assert r.headers["content-type"] == "image/png"
+        assert Image.open(io.BytesIO(r.content)).size == (s["width"], s["height"])
+    assert requests.get(server.url + "/v1/samples/nope", timeout=30).status_code == 404
+
+
+@pytest.mark.timeout(SERVER_TIMEOUT)
+def test_embeddings_cache_by_content_hash(server, coffee):
+    data = coffee["bytes"]
+    assert coffee["embedding_id"] == hashlib.sha256(data).hexdigest()
+    assert (coffee["width"], coffee["height"]) == (600, 400)
+    before = requests.get(server.url + "/healthz", timeout=30).json()["cache"]
+    # Same bytes three ways: multipart, raw body, JSON data URI -> all cache hits, same id.
+    r1 = requests.post(server.url + "/v1/embeddings", files={"file": ("c.png", data, "image/png")}, headers=H, timeout=30)
+    r2 = requests.post(server.url + "/v1/embeddings", data=data, headers={**H, "Content-Type": "image/png"}, timeout=30)
+    r3 = requests.post(server.url + "/v1/embeddings", json={"image_b64": "data:image/png;base64," + _b64(data)},
+                       headers=H, timeout=30)
+    for r in (r1, r2, r3):
+        assert r.status_code == 200, r.text
+        assert r.json() == {**{k: coffee[k] for k in ("embedding_id", "width", "height")}, "cached": True}
+    after = requests.get(server.url + "/healthz", timeout=30).json()["cache"]
+    assert after["hits"] - before["hits"] == 3 and after["misses"] == before["misses"]
+
+
+def _segment(server, **body) -> requests.Response:
+    return requests.post(server.url + "/v1/segment", json=body, headers=H, timeout=60)
+
+
+@pytest.mark.timeout(SERVER_TIMEOUT)
+@pytest.mark.parametrize("prompt", [
+    {"points": [[300, 200]], "labels": [1]},
+    {"points": [[300, 200], [100, 50]], "labels": [1, 0]},
+    {"boxes": [[200, 120, 420, 330]]},
+    {"points": [[300, 200]], "labels": [1], "boxes": [[200, 120, 420, 330], [10, 10, 300, 200]]},
+])
+@pytest.mark.parametrize("num_outputs,fmt", [(1, "rle"), (3, "png"), (4, "rle")])
+def test_segment_matches_library_predictor(server, coffee, predictor, prompt, num_outputs, fmt):
+    r = _segment(server, embedding_id=coffee["embedding_id"], num_outputs=num_outputs, format=fmt, **prompt)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["width"], body["height"], body["weights"]) == (600, 400, "checkpoint")
+    predictor.set_image(coffee["image"])
+    pts = np.array(prompt["points"], np.float32) if "points" in prompt else None
+    labels = np.array(prompt["labels"]) if "labels" in prompt else None
+    boxes = np.array(prompt["boxes"], np.float32) if "boxes" in prompt else None
+    ref = predictor.predict_batch(None if pts is None else pts[None], None if labels is None else labels[None], boxes,
+                                  num_outputs=num_outputs)
+    n_prompts = 1 if boxes is None else len(boxes)
+    assert len(body["masks"]) == n_prompts * num_outputs
+    for m in body["masks"]:
+        i, j = m["prompt_index"], m["output_index"]
+        got = rle_to_mask(m["segmentation"]) if fmt == "rle" else png_b64_to_mask(m["png"])
+        assert got.shape == (400, 600)
+        assert _iou(got, ref.masks[i, j]) >= 0.99
+        assert m["area"] == int(got.sum())
+        assert abs(m["stability_score"] - ref.stability[i, j]) < 0.02 and m["score"] == m["stability_score"]
+        assert abs(m["iou"] - ref.iou[i, j]) < 1e-3
+        if got.any():
+            ys, xs = np.nonzero(got)
+            assert m["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+
+
+@pytest.mark.timeout(SERVER_TIMEOUT)
+def test_segment_multimask_select_and_inline_image(server, coffee, predictor):
+    predictor.set_image(coffee["image"])
+    ref = predictor.predict_batch(np.array([[[150, 300]]], np.float32), np.array([[1]]), num_outputs=3)
+    best = int(np.argmax(ref.stability[0]))
+    # image_b64 instead of embedding_id: hits the cache (same bytes), same answer.
+    r = _segment(server, image_b64=_b64(coffee["bytes"]), points=[[150, 300]], labels=[1], num_outputs=3,
+                 multimask_select="stability")
+    assert r.status_code == 200, r.text
+    (m,) = r.json()["masks"]
+    assert m["output_index"] == best
+    assert _iou(rle_to_mask(m["segmentation"]), ref.masks[0, best]) >= 0.99
+    r = _segment(server, embedding_id=coffee["embedding_id"], points=[[150, 300]], labels=[1], num_outputs=3,
+                 multimask_select="iou")
+    assert r.json()["masks"][0]["output_index"] == int(np.argmax(ref.iou[0]))
+
+
+@pytest.mark.timeout(SERVER_TIMEOUT)
+def test_concurrent_requests_are_batched_and_correct(server, predictor):
+    """Distinct images at once -> encoder batches > 1; clicks on one image at once -> one decoder group."""
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (120 + 8 * i, 160, 3), dtype=np.uint8) for i in range(4)]  # <= cache size
+    with ThreadPoolExecutor(4) as pool:
+        embs = list(pool.map(lambda im: requests.post(server.url + "/v1/embeddings", data=_png(im),
+                                                      headers={**H, "Content-Type": "image/png"}, timeout=60).json(),
+                             images))
+    assert all(not e["cached"] for e in embs)
+    points = [[20 + 15 * k, 30 + 5 * k] for k in range(6)]
+    with ThreadPoolExecutor(6) as pool:
+        outs = list(pool.map(lambda p: _segment(server, embedding_id=embs[0]["embedding_id"], points=[p], labels=[1]),
+                             points))
+    predictor.set_image(images[0])
+    for p, r in zip(points, outs):
+        assert r.status_code == 200, r.text
+        ref = predictor.predict(np.array([p], np.float32), np.array([1]))[0][0]
+        assert _iou(rle_to_mask(r.json()["masks"][0]["segmentation"]), ref) >= 0.99
+    b = requests.get(server.url + "/healthz", timeout=30).json()["batching"]
+    assert max(int(k) for k in b["encoder"]["histogram"]) > 1, b["encoder"]
+    assert max(int(k) for k in b["decoder"]["groups"]["histogram"]) > 1, b["decoder"]
+
+
+@pytest.mark.timeout(SERVER_TIMEOUT)
+def test_cache_eviction_gives_404(server):
+    rng = np.random.default_rng(1)
+    ids = []
+    for _ in range(5):  # capacity is 4
+        r = requests.post(server.url + "/v1/embeddings", data=_png(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)),
+                          headers={**H, "Content-Type": "image/png"}, timeout=60)
+        ids.append(r.json()["embedding_id"])
+    r = _segment(server, embedding_id=ids[0], points=[[5, 5]], labels=[1])
+    assert r.status_code == 404 and "evicted" in r.json()["error"]
+    assert _segment(server, embedding_id=ids[-1], points=[[5, 5]], labels=[1]).status_code == 200
+
+
+@pytest.mark.timeout(SERVER_TIMEOUT)
+@pytest.mark.parametrize("body,status,needle", [
+    ({"embedding_id": "0" * 64, "points": [[1, 1]], "labels": [1]}, 404, "unknown embedding_id"),
+    ({"points": [[1, 1]], "labels": [1]}, 422, "exactly one of"),
+    ({"image_b64": "https://example.com/cat.png", "points": [[1, 1]], "labels": [1]}, 400, "URL"),
+    ({"EMB": None, "points": [[700, 1]], "labels": [1]}, 422, "outside the image"),
+    ({"EMB": None, "points": [[1, 1], [2, 2]], "labels": [1]}, 422, "one label per point"),
+    ({"EMB": None, "points": [[1, 1]], "labels": [2]}, 422, "labels"),
+    ({"EMB": None, "boxes": [[50, 50, 10, 10]]}, 422, "x1 >= x0"),
+    ({"EMB": None, "points": [[1, 1]] * 9, "labels": [1] * 9}, 413, "limit of 8"),
+    ({"EMB": None}, 422, "no prompt"),
+])
+def test_segment_client_errors(server, coffee, body, status, needle):
+    if "EMB" in body:
+        body = {"embedding_id": coffee["embedding_id"], **{k: v for k, v in body.items() if k != "EMB"}}
+    r = _segment(server, **body)
+    assert r.status_code == status, r.text
+    assert needle in r.json()["error"]
+
+
+@pytest.mark.timeout(SERVER_TIMEOUT)
+def test_everything_returns_coco_annotations(server):
+    from pycocotools.coco import COCO
+
+    imgs = [sample_png("shapes"), sample_png("chelsea")]
+    r = requests.post(server.url + "/v1/everything", json={"images_b64": [_b64(b) for b in imgs]}, headers=H, timeout=60)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["weights"] == "checkpoint" and len(body["results"]) == 2
+    coco = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "object"}]}
+    for k, res in enumerate(body["results"]):
+        h, w = sample_image(["shapes", "chelsea"][k]).shape[:2]
+        assert (res["height"], res["width"]) == (h, w)
+        assert 1 <= len(res["annotations"]) <= 16 * 3  # 4x4 grid, 3 outputs per point
+        scores = [a["score"] for a in res["annotations"]]
+        assert scores == sorted(scores, reverse=True)
+        coco["images"].append({"id": k + 1, "height": h, "width": w})
+        for a in res["annotations"]:
+            m = rle_to_mask(a["segmentation"])
+            assert m.shape == (h, w) and int(m.sum()) == a["area"] > 0
+            coco["annotations"].append({**a, "id": len(coco["annotations"]) + 1, "image_id": k + 1, "category_id": 1,
+                                        "iscrowd": 0})
+    api = COCO()
+    api.dataset = coco
+    api.createIndex()
+    assert len(api.getAnnIds()) == sum(len(r["annotations"]) for r in body["results"])
+    # Multipart upload of one image.
+    r = requests.post(server.url + "/v1/everything", files={"file": ("s.png", imgs[0], "image/png")}, headers=H, timeout=60)
+    assert r.status_code == 200 and len(r.json()["results"]) == 1
+
+
+@pytest.mark.timeout(SERVER_TIMEOUT)
+def test_api_key_enforced_on_model_endpoints(server, coffee):
+    body = {"embedding_id": coffee["embedding_id"], "points": [[1, 1]], "labels": [1]}
+    for headers in ({}, {"X-API-Key": "wrong"}):
+        r = requests.post(server.url + "/v1/segment", json=body, headers=headers, timeout=30)
+        assert r.status_code == 401 and "X-API-Key" in r.json()["error"]
+        r = requests.post(server.url + "/v1/embeddings", json={"image_b64": "!!"}, headers=headers, timeout=30)
+        assert r.status_code == 401
+        r = requests.post(server.url + "/v1/everything", data=b"x", headers=headers, timeout=30)
+        assert r.status_code == 401
+    # Health, page, docs and samples stay open (probes, the page's first load).
+    for path in ("/healthz", "/", "/docs", "/v1/samples"):
+        assert requests.get(server.url + path, timeout=30).status_code == 200
+
+
+@pytest.mark.timeout(60)
+def test_backend_selection_and_weight_reporting(tmp_path, checkpoint):
+    """No Ray: auto -> onnxruntime when onnx_dir is given, torch otherwise; random weights always flagged."""
+    from edgesam.export.onnx_export import export_all
+    from serve.config import ModelSection
+    from serve.model import load_backends
+
+    torch.manual_seed(0)
+    export_all(EdgeSAM(IMG).eval(), tmp_path / "onnx", checkpoint_sha256="random")
+    x = np.random.default_rng(0).standard_normal((1, 3, IMG, IMG)).astype(np.float32)
+    ort = load_backends(ModelSection(img_size=IMG, onnx_dir=str(tmp_path / "onnx"), threads=1), with_rpn=True)
+    rnd = load_backends(ModelSection(img_size=IMG, seed=0, threads=1), with_rpn=True)
+    ckpt = load_backends(ModelSection(img_size=IMG, checkpoint=str(checkpoint), threads=1))
+    (ort_enc, ort_info), (rnd_enc, rnd_info), (ckpt_enc, ckpt_info) = [(b.encoder, b.info) for b in (ort, rnd, ckpt)]
+    assert ort.rpn is None and rnd.rpn is None  # no RPN in these models -> everything mode "auto" is the grid
+    assert ort_info.backend == "onnxruntime-cpu/onnxruntime-cpu" and ort_info.weights == "random" and ort_info.warning
+    assert rnd_info.backend == "torch-cpu/torch-cpu" and rnd_info.weights == "random" and rnd_info.warning
+    assert ckpt_info.weights == "checkpoint" and ckpt_info.warning is None
+    np.testing.assert_allclose(ort_enc(x), rnd_enc(x), atol=1e-3)  # same seed, two runtimes
+    assert np.abs(ckpt_enc(x) - rnd_enc(x)).max() > 1e-2  # a different (seed 123) model
+    with pytest.raises(ValueError, match="needs model.onnx_dir"):
+        load_backends(ModelSection(img_size=IMG, backend="onnxruntime"))
+    with pytest.raises(ValueError, match="takes 256px inputs"):
+        load_backends(ModelSection(img_size=512, onnx_dir=str(tmp_path / "onnx")))
+
+
+@pytest.mark.timeout(30)
+def test_serve_config_yaml_matches_ray_schema_and_app():
+    from ray.serve.schema import ServeDeploySchema
+
+    raw = yaml.safe_load((REPO / "serve" / "serve_config.yaml").read_text())
+    schema = ServeDeploySchema.model_validate(raw)
+    (app,) = schema.applications
+    assert app.import_path == "serve.app:edgesam" and app.route_prefix == "/"
+    names = {d.name: d for d in app.deployments}
+    assert set(names) == {"ImageEncoder", "MaskDecoder", "Everything", "EdgeSamIngress"}
+    for name in ("ImageEncoder", "MaskDecoder"):
+        d = names[name]
+        assert d.max_ongoing_requests >= 2 * d.user_config["max_batch_size"]
+        assert d.autoscaling_config["min_replicas"] >= 1
+
+
+@pytest.mark.timeout(30)
+def test_default_app_builds_from_config_file(monkeypatch, tmp_path):
+    import serve.app as app_module
+    from serve.config import load_serve_config
+
+    cfg = load_serve_config()
+    assert cfg.model.img_size == 1024 and cfg.encoder.options()["max_ongoing_requests"] >= 2 * cfg.encoder.max_batch_size
+    custom = tmp_path / "serve_small.yaml"
+    custom.write_text(yaml.safe_dump({"model": {"img_size": 256}, "encoder": {"max_batch_size": 2}}))
+    monkeypatch.setenv("EDGESAM_SERVE_CONFIG", str(custom))
+    assert load_serve_config().model.img_size == 256
+    assert app_module.edgesam is not None  # builds the Application graph without starting anything
+    custom.write_text(yaml.safe_dump({"model": {"img_size": 100}}))
+    with pytest.raises(ValueError, match="multiple of 64"):
+        app_module.__getattr__("edgesam")

@@ -1,0 +1,138 @@
+"""TensorRT: build + inference + parity with ONNX Runtime when TensorRT and CUDA are present, else skipped.
+
+The tests marked neither ``gpu`` nor ``trt`` run everywhere: importing our modules must not import
+TensorRT, and a missing TensorRT gives one clear RuntimeError.
+"""
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgesam.export.tensorrt_build import TRT_MISSING
+
+REPO = Path(__file__).resolve().parent.parent
+S = 256
+
+
+def _trt_skip_reason() -> str | None:
+    if importlib.util.find_spec("tensorrt") is None:
+        return "TensorRT is not installed (pip install 'edgesam-ray[trt]' on a machine with an NVIDIA GPU)"
+    if not torch.cuda.is_available():
+        return "TensorRT is installed but no CUDA GPU is available (torch.cuda.is_available() is False)"
+    return None
+
+
+def test_modules_import_without_tensorrt():
+    code = ("import sys; import edgesam.inference.trt_backend, edgesam.export.tensorrt_build, "
+            "edgesam.inference.runtime, edgesam.export; assert 'tensorrt' not in sys.modules, 'tensorrt imported eagerly'")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+def test_missing_tensorrt_raises_clear_error(monkeypatch, tmp_path):
+    from edgesam.inference.runtime import make_backends
+    from edgesam.inference.trt_backend import TrtDecoder, TrtEncoder
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # makes `import tensorrt` fail, as on a machine without it
+    for ctor in (TrtEncoder, TrtDecoder):
+        with pytest.raises(RuntimeError) as e:
+            ctor(tmp_path / "encoder.onnx")
+        assert str(e.value) == TRT_MISSING
+    (tmp_path / "encoder.onnx").write_bytes(b"")
+    (tmp_path / "decoder.onnx").write_bytes(b"")
+    with pytest.raises(RuntimeError, match="TensorRT is not installed: pip install 'edgesam-ray\\[trt\\]'"):
+        make_backends("tensorrt", onnx_dir=tmp_path, device="cuda")
+
+
+@pytest.fixture(scope="module")
+def onnx_dir(tmp_path_factory) -> Path:
+    reason = _trt_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    from edgesam.export import export_all
+    from edgesam.models import EdgeSAM
+
+    torch.manual_seed(0)
+    model = EdgeSAM(S).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # random BN stats and non-zero FFN gammas, so every branch matters
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0.0, 0.2, generator=g)
+                m.running_var.uniform_(0.5, 2.0, generator=g)
+                m.weight.uniform_(0.3, 1.2, generator=g)
+    out = tmp_path_factory.mktemp("trt")
+    export_all(model, out, checkpoint_sha256="random")
+    torch.save(model.state_dict(), out / "model.pt")
+    return out
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+@pytest.mark.gpu
+@pytest.mark.trt
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_engine_build_cache_and_parity(onnx_dir, precision):
+    from edgesam.export.tensorrt_build import build_engines, engine_cache_path
+    from edgesam.inference.ort_backend import CPU_EP, OrtDecoder, OrtEncoder
+    from edgesam.inference.trt_backend import TrtDecoder, TrtEncoder
+
+    engines = build_engines(onnx_dir, precision=precision)
+    assert engines["encoder"] == engine_cache_path(onnx_dir / "encoder.onnx", precision)
+    assert engines["encoder"].is_file() and engines["decoder"].is_file()
+    assert build_engines(onnx_dir, precision=precision) == engines  # second call: cache hit
+    enc, dec = TrtEncoder(engines["encoder"]), TrtDecoder(engines["decoder"])
+    assert enc.img_size == S and dec.max_prompts == 64 and dec.max_points == 16
+    oenc = OrtEncoder(onnx_dir / "encoder.onnx", providers=[CPU_EP])
+    odec = OrtDecoder(onnx_dir / "decoder.onnx", providers=[CPU_EP])
+    x = np.random.default_rng(0).standard_normal((1, 3, S, S)).astype(np.float32)
+    emb, emb_ref = enc(x), oenc(x)
+    rel = np.linalg.norm(emb - emb_ref) / np.linalg.norm(emb_ref)
+    assert rel < (1e-3 if precision == "fp32" else 2e-2)
+    rng = np.random.default_rng(1)
+    for n, p in [(1, 1), (5, 3), (64, 16), (70, 2)]:  # 70 > profile max: chunked
+        coords = rng.uniform(0, S, (n, p, 2)).astype(np.float32)
+        labels = rng.integers(-1, 2, (n, p)).astype(np.float32)
+        masks, scores = dec(emb_ref, coords, labels)
+        ref_masks, ref_scores = odec(emb_ref, coords, labels)
+        assert masks.shape == (n, 4, S // 4, S // 4) and scores.shape == (n, 4)
+        assert np.isfinite(masks).all()
+        assert _iou(masks > 0, ref_masks > 0) >= (0.99 if precision == "fp32" else 0.95)
+    with pytest.raises(ValueError, match="exceed the engine's profile maximum of 16"):
+        dec(emb_ref, np.zeros((1, 17, 2), np.float32), np.zeros((1, 17), np.float32))
+    mask_in = (ref_masks[:, :1] * 10).astype(np.float32)
+    m1, _ = dec(emb_ref, coords, labels, mask_in)
+    m2, _ = odec(emb_ref, coords, labels, mask_in)
+    assert _iou(m1 > 0, m2 > 0) >= (0.99 if precision == "fp32" else 0.95)
+
+
+@pytest.mark.gpu
+@pytest.mark.trt
+def test_predictor_on_tensorrt(onnx_dir):
+    from edgesam.inference import Predictor
+    from edgesam.inference.runtime import make_backends
+    from edgesam.models import EdgeSAM
+
+    model = EdgeSAM(S)
+    model.load_state_dict(torch.load(onnx_dir / "model.pt", weights_only=True))
+    enc, dec = make_backends("tensorrt", onnx_dir=onnx_dir, device="cuda", precision="fp16")
+    assert enc.name == "tensorrt-fp16"
+    rng = np.random.default_rng(2)
+    img = rng.integers(0, 80, (150, 300, 3), dtype=np.uint8)
+    img[30:110, 60:200] = (200, 180, 40)
+    trt_p, ref_p = Predictor(enc, dec), Predictor.from_model(model.eval())
+    for p in (trt_p, ref_p):
+        p.set_image(img)
+    box = np.array([50, 20, 210, 120])
+    a, _, _ = trt_p.predict(box=box, num_outputs=4)
+    b, _, _ = ref_p.predict(box=box, num_outputs=4)
+    assert _iou(a, b) >= 0.9
