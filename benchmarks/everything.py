@@ -54,26 +54,77 @@ def scenes(n: int, height: int, width: int, seed: int) -> list[tuple[np.ndarray,
     return [make_scene(rng, height, width) for _ in range(n)]
 
 
-def run_mode(model: EdgeSAM, cfg: EverythingConfig, images: list[tuple[np.ndarray, list[np.ndarray]]]) -> dict:
-    """Time ``generate`` per image (after one untimed warm-up call on a small image) and evaluate."""
-    gen = EverythingGenerator.from_model(model, cfg)
-    gen.generate(np.zeros((64, 64, 3), np.uint8))  # warm-up: allocator, kernels
-    gen.stats = {k: 0 for k in gen.stats}
-    times, evals = [], []
+def run_modes(model: EdgeSAM, cfgs: dict[str, EverythingConfig], images: list[tuple[np.ndarray, list[np.ndarray]]],
+              repeats: dict[str, int]) -> tuple[list[dict], list[float]]:
+    """Time ``generate`` per image, the modes interleaved image by image so that both see the same machine load
+    (median of ``repeats[mode]`` runs, after one untimed warm-up call per mode), and evaluate the output.
+    -> (one result per mode, 1-min load averages sampled before each image)."""
+    gens = {m: EverythingGenerator.from_model(model, c) for m, c in cfgs.items()}
+    for g in gens.values():
+        g.generate(np.zeros((64, 64, 3), np.uint8))  # warm-up: allocator, kernels
+        g.stats = {k: 0 for k in g.stats}
+    times: dict[str, list[float]] = {m: [] for m in cfgs}
+    evals: dict[str, list[dict]] = {m: [] for m in cfgs}
+    loads = []
     for i, (img, masks) in enumerate(images):
-        t0 = time.perf_counter()
-        recs = gen.generate(img)
-        times.append(time.perf_counter() - t0)
         h, w = img.shape[:2]
-        evals.append({"id": i + 1, "height": h, "width": w,
-                      "gt": [{"segmentation": encode_mask(m), "bbox": mask_to_bbox(m)} for m in masks],
-                      "pred": recs, "proposals": gen.last_proposals if cfg.mode == "rpn" else None})
-        print(f"  {cfg.mode}: image {i + 1}/{len(images)} {w}x{h}: {times[-1]:.2f} s, {len(recs)} masks, "
-              f"{gen.stats['prompts']} prompts so far", flush=True)
+        gt = [{"segmentation": encode_mask(m), "bbox": mask_to_bbox(m)} for m in masks]
+        for m, gen in gens.items():
+            loads.append(load_average())
+            runs = []
+            for _ in range(repeats[m]):
+                t0 = time.perf_counter()
+                recs = gen.generate(img)
+                runs.append(time.perf_counter() - t0)
+            times[m].append(float(np.median(runs)))
+            evals[m].append({"id": i + 1, "height": h, "width": w, "gt": gt, "pred": recs,
+                             "proposals": gen.last_proposals if m == "rpn" else None})
+            print(f"  {m}: image {i + 1}/{len(images)} {w}x{h}: {times[m][-1]:.2f} s (median of {len(runs)}), "
+                  f"{len(recs)} masks, load {loads[-1]:.2f}", flush=True)
     n = len(images)
-    return {"mode": cfg.mode, "images": n, "seconds": times, "s_per_image": float(np.mean(times)),
-            "prompts_per_image": gen.stats["prompts"] / n, "decoder_calls_per_image": gen.stats["decoder_calls"] / n,
-            "masks_per_image": sum(len(e["pred"]) for e in evals) / n, "eval": evaluate_everything(evals)}
+    results = []
+    for m, gen in gens.items():
+        calls = n * repeats[m]
+        results.append({"mode": m, "images": n, "repeats": repeats[m], "seconds": times[m],
+                        "s_per_image": float(np.mean(times[m])), "prompts_per_image": gen.stats["prompts"] / calls,
+                        "decoder_calls_per_image": gen.stats["decoder_calls"] / calls,
+                        "masks_per_image": sum(len(e["pred"]) for e in evals[m]) / n, "eval": evaluate_everything(evals[m])})
+    return results, loads
+
+
+def bench_postprocess(images: list[tuple[np.ndarray, list[np.ndarray]]], cfg: EverythingConfig, img_size: int,
+                      n_masks: int = 100, seed: int = 0) -> dict:
+    """Seconds per image to filter, upsample, RLE-encode and mask-NMS ``n_masks`` masks that all pass the filters.
+
+    With random weights no mask passes the stability filter, so the timed runs above leave this cost out; here
+    the low-res logits are made from the GT masks (+-10, shifted by a few low-res pixels so NMS has duplicates).
+    """
+    import torch.nn.functional as F
+
+    from edgesam.data.transforms import resized_shape
+    from edgesam.inference import amg_utils as U
+    from edgesam.inference.everything import candidates_from_logits
+
+    rng = np.random.default_rng(seed)
+    low = img_size // 4
+    cfg = cfg.model_copy(update={"num_outputs": 1})
+    times, kept = [], []
+    for img, masks in images:
+        h, w = img.shape[:2]
+        ih, iw = resized_shape(h, w, img_size)
+        logits = np.full((n_masks, 4, low, low), -10.0, np.float32)
+        for i in range(n_masks):
+            m = torch.from_numpy(masks[i % len(masks)].astype(np.float32))[None, None]
+            m = F.interpolate(m, (ih // 4, iw // 4), mode="area")[0, 0].numpy() > 0.5
+            dy, dx = rng.integers(-2, 3, 2)
+            m = np.roll(m, (dy, dx), axis=(0, 1))
+            logits[i, 0, : ih // 4, : iw // 4] = np.where(m, 10.0, -10.0)
+        t0 = time.perf_counter()
+        cands = candidates_from_logits(logits, np.ones((n_masks, 4), np.float32), cfg, (ih, iw), (h, w), img_size)
+        keep = U.mask_nms([c["rle"] for c in cands], np.array([c["stability"] for c in cands]), cfg.mask_nms_iou)
+        times.append(time.perf_counter() - t0)
+        kept.append(len(keep))
+    return {"masks_in": n_masks, "s_per_image": float(np.mean(times)), "kept_per_image": float(np.mean(kept))}
 
 
 def _f(v: float | None, fmt: str = ".3f") -> str:
@@ -81,15 +132,18 @@ def _f(v: float | None, fmt: str = ".3f") -> str:
 
 
 def render(info: dict, cmd: str, results: list[dict], random_weights: bool, size: tuple[int, int], img_size: int,
-           loads: tuple[float, float], cfgs: dict[str, EverythingConfig]) -> str:
+           loads: tuple[float, ...], cfgs: dict[str, EverythingConfig], post: dict | None = None) -> str:
     w = "RANDOM weights (student and RPN): recall/AP are meaningless, only the timings count" if random_weights \
         else "distilled student checkpoint"
     lines = [f"Command: `{cmd}`", "",
              f"Machine: {info['cpu']}, {info['logical_cpus']} logical CPUs, {info['threads']} torch threads; torch "
-             f"{info['torch']}; {info['date']}; 1-min load average {loads[0]:.2f} at start, {loads[1]:.2f} at end "
-             "(the machine is shared, so timings under load are pessimistic).", "",
+             f"{info['torch']}; {info['date']}; 1-min load average {loads[0]:.2f} at start, {loads[1]:.2f} at end, "
+             f"{loads[2]:.2f}-{loads[3]:.2f} before the timed images (the machine is shared: timings under load are "
+             "pessimistic; the modes run interleaved image by image so both see the same load).", "",
              f"Model: EdgeSAM student + FCOS RPN, torch eager on CPU, S = {img_size}; {w}. Images: synthetic scenes "
              f"{size[1]}x{size[0]} (`make_scene`, exact GT masks), the same images for both modes.", "",
+             "s / image: mean over images of the median of the runs per image (RPN mode: "
+             f"{results[0].get('repeats', 1) if results and results[0]['mode'] == 'rpn' else 1} runs; grid: 1 run).", "",
              "| mode | images | prompts / image | decoder calls / image | s / image | masks / image | recall@0.5 | "
              "recall@0.75 | RPN box recall@0.5 | segm AP |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -102,10 +156,15 @@ def render(info: dict, cmd: str, results: list[dict], random_weights: bool, size
                      f"{_f(e['AP'])}{note} |")
     if len(results) == 2 and results[0]["s_per_image"] > 0:
         rpn, grid = (results[0], results[1]) if results[0]["mode"] == "rpn" else (results[1], results[0])
-        lines += ["", f"RPN mode is {grid['s_per_image'] / rpn['s_per_image']:.1f}x faster per image than the "
-                      f"{cfgs['grid'].points_per_side}x{cfgs['grid'].points_per_side} grid here: the decoder dominates, "
-                      f"and RPN mode decodes {rpn['prompts_per_image']:.0f} box prompts in one call versus "
+        lines += ["", f"The {cfgs['grid'].points_per_side}x{cfgs['grid'].points_per_side} grid takes "
+                      f"{grid['s_per_image'] / rpn['s_per_image']:.1f}x the time of RPN mode per image here. The decoder "
+                      f"dominates: RPN mode decodes {rpn['prompts_per_image']:.0f} box prompts in one call, the grid "
                       f"{grid['prompts_per_image']:.0f} point prompts in {grid['decoder_calls_per_image']:.0f} calls."]
+    if post is not None:
+        lines += ["", f"Post-processing when masks survive (not in the rows above if they show 0 masks / image): "
+                      f"filtering, upsampling to {size[1]}x{size[0]}, RLE encoding and mask NMS of {post['masks_in']} "
+                      f"surviving low-res masks take {post['s_per_image']:.2f} s / image "
+                      f"({post['kept_per_image']:.0f} kept after NMS), the same code path in both modes."]
     keys = {"rpn": ("prompt", "rpn_score_thresh", "rpn_nms_iou", "max_proposals"), "grid": ("points_per_side", "points_per_batch")}
     common = ("num_outputs", "stability_score_thresh", "stability_score_offset", "mask_nms_iou")
     lines += ["", "Settings: " + "; ".join(
@@ -125,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default="everything", help="EverythingConfig YAML (name under configs/ or path)")
     p.add_argument("--points-per-side", type=int, default=32)
     p.add_argument("--modes", default="rpn,grid")
+    p.add_argument("--rpn-repeats", type=int, default=3, help="timed RPN-mode runs per image (median); grid runs once")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-load", type=float, default=1.5, help="wait for a 1-min load average at or below this")
     p.add_argument("--wait", type=float, default=600, help="seconds to wait for a quiet machine before starting")
@@ -146,15 +206,14 @@ def main(argv: list[str] | None = None) -> int:
     imgs = scenes(args.images, args.height, args.width, args.seed)
     load_start = wait_for_quiet(args.max_load, args.wait)
     info = machine_info(args.threads)
-    results = []
-    for m in modes:
-        print(f"[everything] mode {m}", flush=True)
-        results.append(run_mode(model, cfgs[m], imgs))
-    loads = (load_start, load_average())
-    body = render(info, cmd, results, random_weights, (args.height, args.width), args.img_size, loads, cfgs)
+    results, sampled = run_modes(model, cfgs, imgs, {"rpn": args.rpn_repeats, "grid": 1})
+    post = bench_postprocess(imgs, base, args.img_size)
+    print(f"[everything] post-processing: {post}", flush=True)
+    loads = (load_start, load_average(), min(sampled), max(sampled))
+    body = render(info, cmd, results, random_weights, (args.height, args.width), args.img_size, loads, cfgs, post)
     replace_section(args.out, SECTION, HEADING, body)
     if args.json:
-        args.json.write_text(json.dumps({"info": info, "loads": loads, "results": results,
+        args.json.write_text(json.dumps({"info": info, "loads": loads, "results": results, "postprocess": post,
                                          "random_weights": random_weights}, indent=2, default=float))
     print(body)
     print(f"wrote section '{SECTION}' of {args.out}")

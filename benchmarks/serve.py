@@ -201,9 +201,11 @@ Batches actually formed (from `/healthz`; compute = time inside the batched mode
 {hist}
 
 On CPU the encoder is compute-bound and already uses every core, so a batch of B images costs about B single
-images: compare the per-image compute above. What batching can still save on CPU is per-request overhead
-around the model call; on a GPU one call over B inputs costs far less than B calls, which is where the
-factor is expected to be large (no GPU on this machine, so not measured here).
+images: compare the per-image compute above. Batches also stay small here because image decoding,
+preprocessing and the ingress share the same 2 cores with the encoder, so requests reach the batch queue
+only as fast as that starved work allows. What batching can still save on CPU is per-request overhead around
+the model call (visible for the decoder); on a GPU one call over B inputs costs far less than B calls, which
+is where the factor is expected to be large (no GPU on this machine, so not measured here).
 """
 
 

@@ -52,9 +52,11 @@ def _merge(base: dict, extra: dict) -> dict:
 
 def resolve_config_path(name_or_path: str | Path) -> Path:
     p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") or p.exists():
+    if p.suffix in (".yaml", ".yml"):
         if not p.is_file():
             raise FileNotFoundError(f"config file not found: {p}")
+        return p
+    if p.is_file():
         return p
     candidate = CONFIG_DIR / f"{name_or_path}.yaml"
     if not candidate.is_file():

@@ -51,6 +51,7 @@ class ComputeCfg(StrictModel):
     batch_size: int = 4
     preprocess_batch_size: int = 8
     device: str = "auto"
+    torch_threads: int | None = None  # intra-op threads per teacher actor on CPU (default: Ray's choice)
 
 
 class OutputCfg(StrictModel):
@@ -106,7 +107,8 @@ def build_dataset(cfg: CacheConfig, sources: list[str], fmt: str, done_ids: froz
     ds = ds.map_batches(
         C.TeacherBatch, batch_format="pyarrow", batch_size=comp.batch_size,
         fn_constructor_kwargs={"teacher_name": cfg.teacher.name, "checkpoint": cfg.teacher.checkpoint, "pre": pre,
-                               "device": comp.device, "tiny_seed": cfg.teacher.tiny_seed},
+                               "device": comp.device, "tiny_seed": cfg.teacher.tiny_seed,
+                               "torch_threads": comp.torch_threads},
         compute=ray.data.ActorPoolStrategy(min_size=comp.min_actors, max_size=comp.max_actors),
         num_cpus=comp.num_cpus_per_actor, num_gpus=comp.num_gpus_per_actor, **remote_args)
     return ds.map_batches(C.write_shard, batch_format="pyarrow", batch_size=cfg.output.rows_per_file,

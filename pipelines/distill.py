@@ -79,11 +79,13 @@ def run_step(cfg: DistillConfig, step: StepConfig, split: dict, init_checkpoint:
         return done["checkpoint"]
 
     sc = cfg.train.scaling
-    ds = ray.data.read_parquet(split["train_files"], columns=["image_id", "image_jpeg", "embedding", "input_height",
-                                                               "input_width", "gt_boxes", "gt_points"])
+    # Fractional CPUs for the feeding tasks: with the train workers placed, a node may have < 1 CPU free.
+    cpus = cfg.train.data_task_cpus
+    ds = ray.data.read_parquet(split["train_files"], ray_remote_args={"num_cpus": cpus}).select_columns(
+        ["image_id", "image_jpeg", "embedding", "input_height", "input_width", "gt_boxes", "gt_points"])
     holdout = set(split["holdout_ids"])
     if holdout:
-        ds = ds.filter(lambda r: r["image_id"] not in holdout)
+        ds = ds.filter(lambda r: r["image_id"] not in holdout, num_cpus=cpus)
     loop_cfg = {
         "step": step.model_dump(mode="json"), "img_size": cfg.cache.preprocessing.img_size,
         "teacher": cfg.cache.teacher.model_dump(mode="json"), "init_checkpoint": init_checkpoint,

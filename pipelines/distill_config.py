@@ -43,6 +43,7 @@ class TrainCfg(StrictModel):
     num_checkpoints_to_keep: int = 2
     max_failures: int = 2
     seen_ids_dir: str | None = None  # tests: each worker appends the image ids it trained on here
+    data_task_cpus: float = 0.25  # Ray Data read/filter tasks feeding the workers
     sync_bn: bool = False  # SyncBatchNorm across GPU workers (step 1 in the paper)
     scaling: ScalingCfg = ScalingCfg()
 

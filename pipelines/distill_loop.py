@@ -100,13 +100,15 @@ def decode_batch(table: pa.Table, img_size: int, device: torch.device, max_promp
             "img_size": img_size}
 
 
-def _save(tmp: str, module_model: EdgeSAM, optimizer, scheduler, global_step: int, history: list) -> None:
+def _save(tmp: str, module_model: EdgeSAM, optimizer, scheduler, global_step: int, history: list,
+          resumes: list[int]) -> None:
     torch.save({"model": core_state_dict(module_model), "rpn": module_model.rpn.state_dict() if module_model.rpn is not None else None,
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "global_step": global_step,
-                "history": history}, os.path.join(tmp, STATE_FILE))
+                "history": history, "resumes": resumes}, os.path.join(tmp, STATE_FILE))
 
 
 def train_loop_per_worker(config: dict) -> None:
+    import ray
     import ray.train
     import ray.train.torch
     from ray.train import Checkpoint
@@ -160,7 +162,7 @@ def train_loop_per_worker(config: dict) -> None:
     total = spe * step.epochs
     scheduler = cosine_with_warmup(optimizer, total_steps=total, warmup_steps=int(step.warmup_epochs * spe),
                                    base_lr=step.lr, min_lr=step.min_lr, warmup_lr=step.warmup_lr)
-    global_step, history = 0, []
+    global_step, history, resumes = 0, [], []
     if resume:
         with resume.as_directory() as d:
             state = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=False)
@@ -172,6 +174,7 @@ def train_loop_per_worker(config: dict) -> None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         global_step, history = state["global_step"], state["history"]
+        resumes = state.get("resumes", []) + [global_step]
         print(f"[distill] rank {rank}: resumed {step.kind} at step {global_step}/{total}", flush=True)
     ddp = ray.train.torch.prepare_model(loss_module, parallel_strategy_kwargs={"find_unused_parameters": step.kind != "encoder_kd"})
     teacher_pd.to(device)
@@ -179,12 +182,13 @@ def train_loop_per_worker(config: dict) -> None:
     seen_dir = config.get("seen_ids_dir")
     if seen_dir:  # tests: which worker process trained on what
         Path(seen_dir).mkdir(parents=True, exist_ok=True)
-        Path(seen_dir, f"{step.kind}-rank{rank}.pid").write_text(str(os.getpid()))
+        node = ray.get_runtime_context().get_node_id()
+        Path(seen_dir, f"{step.kind}-rank{rank}.pid").write_text(f"{os.getpid()} {node}")
 
     def report(metrics: dict, with_ckpt: bool) -> None:
         if with_ckpt and rank == 0:
             with tempfile.TemporaryDirectory() as tmp:
-                _save(tmp, model, optimizer, scheduler, global_step, history)
+                _save(tmp, model, optimizer, scheduler, global_step, history, resumes)
                 ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)

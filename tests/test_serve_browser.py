@@ -128,3 +128,17 @@ def test_overlay_matches_server_mask(driven, server, step):
         near = painted[max(0, y - 20):y + 21, max(0, x - 20):x + 21]
         assert near.any(), "no overlay near the click"
     assert s["segmentMs"] < 1000, f"click-to-overlay took {s['segmentMs']:.0f} ms"
+
+
+@pytest.mark.timeout(240)  # Ray + Serve start, ONNX export, Chromium
+def test_everything_overlay_paints_every_annotation(driven):
+    """The page's own COCO-RLE decoder (JS) paints exactly the union of the returned masks."""
+    s = next(x for x in driven["steps"] if x["name"] == "everything")
+    anns = s["everything"]["results"][0]["annotations"]
+    assert len(anns) >= 1
+    union = np.zeros((s["height"], s["width"]), bool)
+    for a in anns:
+        union |= rle_to_mask(a["segmentation"])
+    overlay = _data_url_rgba(s["overlayPng"])
+    painted = overlay[..., 3] > 0
+    assert _iou(painted, union) == 1.0

@@ -194,9 +194,11 @@ class TeacherBatch:
     """
 
     def __init__(self, teacher_name: str, checkpoint: str | None, pre: Preprocessing, device: str = "auto",
-                 tiny_seed: int = 0) -> None:
+                 tiny_seed: int = 0, torch_threads: int | None = None) -> None:
         from ..models.teacher import build_teacher
 
+        if torch_threads:  # Ray sets OMP_NUM_THREADS from the actor's (fractional) CPUs; override on purpose
+            torch.set_num_threads(torch_threads)
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         self.teacher = build_teacher(teacher_name, checkpoint, pre.img_size, seed=tiny_seed).to(self.device)
         self.pre = pre

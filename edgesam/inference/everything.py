@@ -102,7 +102,7 @@ class OrtRpnEncoder:
     """``rpn.onnx`` in ONNX Runtime (see :func:`edgesam.models.rpn.export_rpn_onnx`)."""
 
     def __init__(self, path: str | Path, providers=None, threads: int | None = None) -> None:
-        from .ort_backend import _backend_name, make_session
+        from .ort_backend import CUDA_EP, make_session
 
         self.path = Path(path)
         self.session = make_session(self.path, providers, threads)
@@ -112,7 +112,7 @@ class OrtRpnEncoder:
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.img_size = int(inp.shape[2])
-        self.name = _backend_name(self.session)
+        self.name = "onnxruntime-cuda" if self.session.get_providers()[0] == CUDA_EP else "onnxruntime-cpu"
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         x = np.ascontiguousarray(images, dtype=np.float32)

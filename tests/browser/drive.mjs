@@ -4,7 +4,8 @@
 //   node tests/browser/drive.mjs http://127.0.0.1:PORT [chromium-path]
 //
 // Steps: load "/", pick the synthetic sample, left-click (positive point), right-click (negative point),
-// drag a box; after each, wait for the overlay canvas to be repainted and snapshot it as a PNG data URL.
+// drag a box, press "Segment everything"; after each, wait for the overlay canvas to be repainted and
+// snapshot it as a PNG data URL.
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -89,6 +90,13 @@ try {
   await page.mouse.up();
   await waitRepaint(v3);
   result.steps.push({ name: "box", ...(await snapshot()) });
+
+  // 4. segment everything: every annotation painted in its own colour
+  const v4 = (await snapshot()).version;
+  await page.click("#everything");
+  await waitRepaint(v4);
+  const ev = await snapshot();
+  result.steps.push({ name: "everything", ...ev, everything: await page.evaluate(() => window.edgesam.lastEverything) });
   if (process.env.EDGESAM_SCREENSHOT) await page.screenshot({ path: process.env.EDGESAM_SCREENSHOT, fullPage: true });
   result.ok = true;
 } catch (e) {
