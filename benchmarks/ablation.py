@@ -53,13 +53,15 @@ def main(argv: list[str] | None = None) -> int:
         enc_only = run(tmp, "enc-only", a.images, ["step1.epochs=1", f"step1.max_steps={total}", "step2.enabled=false"])
         enc_prompt = run(tmp, "enc-prompt", a.images, ["step1.epochs=1", f"step1.max_steps={a.steps1}",
                                                        "step2.epochs=1", f"step2.max_steps={a.steps2}"])
-        steps = {}
+        steps: dict[str, dict] = {}
         for name in ("enc-only", "enc-prompt"):
             steps[name] = {p.parent.name.split("-")[-1]: json.loads(p.read_text())["step"]
                            for p in (tmp / "runs").glob(f"{name}-*/DONE.json")}
         ray.shutdown()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if sum(steps["enc-only"].values()) != sum(steps["enc-prompt"].values()):
+        raise SystemExit(f"unequal student steps {steps}: use more --images")
     info = machine_info(2)
     head = "| student | steps | " + " | ".join(f"vs teacher {k}" for k in KEYS) + " | vs GT box |"
     rows = [head, "|---|---|" + "---|" * (len(KEYS) + 1)]

@@ -59,6 +59,11 @@ class RpnStep(nn.Module):
         self.encoder = model.image_encoder
         self.rpn = model.rpn
 
+    def train(self, mode: bool = True) -> "RpnStep":
+        super().train(mode)
+        self.encoder.eval()  # frozen: keep BatchNorm running statistics fixed
+        return self
+
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
         from edgesam.models.rpn import train_rpn_step
 
@@ -139,11 +144,13 @@ def train_loop_per_worker(config: dict) -> None:
     teacher_pd = build_teacher_prompt_decoder(t["name"], t["checkpoint"], img_size, seed=t["tiny_seed"])
     if config["init_checkpoint"] and not resume:
         load_weights(model, config["init_checkpoint"])
+    fresh_decoder = step.kind == "prompt_kd" or (step.kind == "encoder_kd" and not config["init_checkpoint"])
+    if fresh_decoder and not resume:
+        # INIT_FROM_TEACHER: the student's prompt encoder and decoder start as the teacher's. In step 1 they
+        # are not trained, so an encoder-only student is evaluated (and exported) with the teacher's decoder.
+        model.prompt_encoder.load_state_dict(teacher_pd.prompt_encoder.state_dict())
+        model.mask_decoder.load_state_dict(teacher_pd.mask_decoder.state_dict())
     if step.kind == "prompt_kd":
-        if not resume and not config.get("keep_student_decoder"):
-            # INIT_FROM_TEACHER: the student decoder starts as the teacher's.
-            model.prompt_encoder.load_state_dict(teacher_pd.prompt_encoder.state_dict())
-            model.mask_decoder.load_state_dict(teacher_pd.mask_decoder.state_dict())
         freeze_for_prompt_kd(model)
         loss_module: nn.Module = PromptKD(model, teacher_pd)
     elif step.kind == "encoder_kd":

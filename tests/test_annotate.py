@@ -208,6 +208,13 @@ def test_worker_onnx_and_checkpoint_branches(tmp_path):
     assert row["status"] == "labelled" and part_path(tmp_path / "out_onnx", 7).is_file()
     assert worker.gen.stats["decoder_calls"] == 1
 
+    # a checkpoint with an RPN (meta["rpn_config"] rebuilds it) runs RPN mode
+    with_rpn = save_student(model, tmp_path / "with_rpn.pt", meta={"rpn_config": {"width": 32, "gn_groups": 8}})
+    cfg = load_config(AnnotateConfig, "annotate", [*OVERRIDES, f"model.checkpoint={with_rpn}"])
+    preflight(cfg)
+    worker = AnnotateWorker(cfg.model_dump(mode="json"), str(tmp_path / "out_rpn_ckpt"))
+    assert worker.label(item)["status"] == "labelled" and worker.gen.stats["decoder_calls"] == 1
+
     plain = EdgeSAM(S).eval()
     ckpt = save_student(plain, tmp_path / "plain.pt", meta={})
     cfg = load_config(AnnotateConfig, "annotate", [*OVERRIDES, f"model.checkpoint={ckpt}"])
