@@ -58,7 +58,10 @@ def finish_run(cfg, ckpt_dir: str, split: dict, random_teacher: bool) -> dict:
     if cfg.export.onnx:
         from edgesam.export.onnx_export import export_all
 
-        files = export_all(model, out / "onnx")
+        from edgesam.models.teacher import sha256_file
+
+        # A student distilled from a random teacher is flagged as random weights for serving.
+        files = export_all(model, out / "onnx", checkpoint_sha256="random" if random_teacher else sha256_file(student_path))
         outputs.update({f"onnx_{k}": str(Path(v).resolve()) for k, v in files.items()})
     report["outputs"] = outputs
     (out / "eval_report.json").write_text(json.dumps(report, indent=2, default=str))

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import sys
 import time
@@ -51,6 +50,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..models.teacher import sha256_file
 from ..models.edgesam import EdgeSAM
 from ..models.layers import fuse_for_deploy
 from ..models.prompt_decoder import PromptDecoder
@@ -128,14 +128,6 @@ class OnnxPromptDecoder(nn.Module):
         dense = has * pe._embed_masks(mask_input) + (1.0 - has) * no_mask  # (N,256,h,w)
         masks, scores = self.mask_decoder.predict_all(image_embeddings, pe.get_dense_pe(), sparse, dense)
         return scores, masks
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _fp32_scopes(onnx_path: Path) -> list[str]:
@@ -247,6 +239,7 @@ def export_all(model: EdgeSAM, out_dir: str | Path, fuse: bool = True, opset: in
         "random_weights": checkpoint_sha256 == "random",
         "files": {"encoder": enc.name, "decoder": dec.name},
         "sha256": {"encoder": sha256_file(enc), "decoder": sha256_file(dec)},
+        "rpn": None,
         "encoder_io": {"inputs": {"image": [1, 3, model.img_size, model.img_size]},
                        "outputs": {"image_embeddings": [1, 256, model.img_size // 16, model.img_size // 16]}},
         "decoder_io": {"inputs": {"image_embeddings": [1, 256, "h", "w"], "point_coords": ["N", "P", 2],
@@ -259,9 +252,16 @@ def export_all(model: EdgeSAM, out_dir: str | Path, fuse: bool = True, opset: in
         "torch_version": torch.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    files = {"encoder": enc, "decoder": dec}
+    if getattr(model, "rpn", None) is not None:  # encoder + RPN graph for RPN-driven segment-everything
+        from ..models.rpn import export_rpn_onnx
+
+        files["rpn"] = export_rpn_onnx(model, out / "rpn.onnx", opset=opset, fuse=fuse)
+        meta["files"]["rpn"] = files["rpn"].name
+        meta["rpn"] = {"outputs": ["image_embeddings", "rpn_boxes", "rpn_scores"]}
     meta_path = out / META_FILE
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
-    return {"encoder": enc, "decoder": dec, "meta": meta_path}
+    return {**files, "meta": meta_path}
 
 
 def _random_warning() -> str:
