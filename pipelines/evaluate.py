@@ -70,7 +70,7 @@ def evaluate_holdout(model, teacher_pd, config: dict, device) -> dict[str, float
     res = evaluate_rows(model, teacher_pd, rows, config["img_size"], ev["refine_clicks"], ev["max_instances_per_image"],
                         ev["seed"], device)
     model.train(was_training)
-    return {k: v for k, v in res.items() if k.startswith("student_vs_")}
+    return {k: v for k, v in res.items() if k.startswith("student_vs_") and "/num_" not in k}
 
 
 def evaluate_holdout_report(model, teacher_pd, cfg, split: dict, out_dir: Path) -> dict:
