@@ -20,7 +20,6 @@ from typing import Literal
 if __package__ in (None, ""):  # `python pipelines/cache_teacher.py` and `ray job submit -- python ...`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import pyarrow as pa
 
 from edgesam.config import StrictModel, add_config_args, dump_config, load_config
 from edgesam.data import cache as C

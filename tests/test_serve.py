@@ -6,7 +6,6 @@ The model is a random-weight student saved as a checkpoint in a temp dir (no wei
 """
 from __future__ import annotations
 
-import base64
 import hashlib
 import io
 import re
@@ -40,14 +39,8 @@ H = {"X-API-Key": KEY}
 IMG = 256
 
 
-def _png(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
+from tests.imaging import b64 as _b64  # noqa: E402
+from tests.imaging import png_bytes as _png  # noqa: E402
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:

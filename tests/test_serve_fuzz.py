@@ -6,8 +6,6 @@ the server and the reference predictor both build ``EdgeSAM(256)`` after ``torch
 """
 from __future__ import annotations
 
-import base64
-import io
 import json
 import math
 import random
@@ -17,7 +15,6 @@ import zlib
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 requests = pytest.importorskip("requests")
 pytest.importorskip("ray.serve")
@@ -39,14 +36,8 @@ SEED = 1234
 VERBOSE = False  # print every request/response (pytest -s)
 
 
-def _png(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
+from tests.imaging import b64 as _b64  # noqa: E402
+from tests.imaging import png_bytes as _png  # noqa: E402
 
 
 def _huge_dims_png(width: int, height: int) -> bytes:
