@@ -216,8 +216,10 @@ def test_onnx_rpn_mode_matches_torch(model, scenes, tmp_path):
     from edgesam.export.onnx_export import export_all
     from edgesam.models.rpn import export_rpn_onnx
 
-    export_all(model, tmp_path)
+    files = export_all(model, tmp_path)
+    assert files["rpn"] == tmp_path / "rpn.onnx"  # a student with an RPN exports it beside encoder/decoder
     cfg = EverythingConfig(mode="rpn", num_outputs=3, rpn_score_thresh=0.0, max_proposals=10, stability_score_thresh=0.0)
+    files["rpn"].unlink()
     with pytest.raises(FileNotFoundError, match="rpn.onnx"):
         EverythingGenerator.from_onnx(tmp_path, cfg)
     export_rpn_onnx(model, tmp_path / "rpn.onnx")
