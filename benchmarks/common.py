@@ -59,6 +59,34 @@ def matmul_gflops(threads: int, n: int = 2048, runs: int = 10) -> float:
     return 2 * n ** 3 / t / 1e9
 
 
+def _system_busy_s() -> float:
+    """CPU-seconds all processes on this kernel have used so far (from /proc/stat; 0 where unavailable)."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuContention:
+    """Context manager measuring how many cores *other* processes used on average while it was open.
+
+    ``others_cores`` = (system busy CPU-seconds - this process's CPU-seconds) / wall seconds. On a shared
+    machine this is the honest indicator of whether a timing was disturbed (the load average lags).
+    """
+
+    def __enter__(self) -> "CpuContention":
+        self._wall, self._own, self._sys = time.perf_counter(), time.process_time(), _system_busy_s()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        wall = max(time.perf_counter() - self._wall, 1e-9)
+        own = time.process_time() - self._own
+        self.others_cores = max(0.0, (_system_busy_s() - self._sys - own) / wall)
+        self.own_cores = own / wall
+
+
 def load_average() -> float:
     return os.getloadavg()[0]
 

@@ -25,24 +25,35 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from benchmarks.common import (count_macs, count_params, load_average, machine_info, matmul_gflops, median,  # noqa: E402
-                               replace_section, set_threads, time_runs, wait_for_quiet)
+from benchmarks.common import (CpuContention, count_macs, count_params, load_average, machine_info,  # noqa: E402
+                               matmul_gflops, median, replace_section, set_threads, time_runs, wait_for_quiet)
 from edgesam.export import export_all  # noqa: E402
 from edgesam.inference.ort_backend import CPU_EP, OrtDecoder, OrtEncoder, make_session  # noqa: E402
 from edgesam.models import EdgeSAM, fuse_for_deploy  # noqa: E402
 
 HEADING = "## Encoders and decoder (issue 2)"
 SIZE = 1024
-# Every timed block first waits for a quiet machine (other engineers share the 2 cores) and records the
-# highest 1-minute load average seen around it.
-_QUIET = {"max_load": 1.5, "wait_s": 900.0, "last_load": None}
+# Other engineers share the 2 cores. Every timed block waits for a 1-min load average <= max_load, then
+# measures how many cores other processes used during its runs (/proc/stat); above max_others it is
+# retried (up to `attempts`), and the least disturbed attempt is kept and its figure reported.
+_QUIET = {"max_load": 1.5, "wait_s": 900.0, "max_others": 0.25, "attempts": 3, "last_load": None}
 
 
 def _timed(fn, runs: int, warmup: int) -> list[float]:
-    before = wait_for_quiet(_QUIET["max_load"], _QUIET["wait_s"])
-    times = time_runs(fn, runs, warmup)
-    _QUIET["last_load"] = max(before, load_average())
-    return times
+    best: tuple[float, list[float]] | None = None
+    for attempt in range(_QUIET["attempts"]):
+        wait_for_quiet(_QUIET["max_load"], _QUIET["wait_s"])
+        for _ in range(warmup if attempt == 0 else 0):
+            fn()
+        with CpuContention() as cpu:
+            times = time_runs(fn, runs, warmup=0)
+        if best is None or cpu.others_cores < best[0]:
+            best = (cpu.others_cores, times)
+        if cpu.others_cores <= _QUIET["max_others"]:
+            break
+        print(f"other processes used {cpu.others_cores:.2f} cores during this block; retrying", flush=True)
+    _QUIET["last_load"] = best[0]
+    return best[1]
 
 
 def _row(key: str, model: str, runtime: str, params: float | None, macs: float | None, times: list[float] | None,
@@ -52,8 +63,10 @@ def _row(key: str, model: str, runtime: str, params: float | None, macs: float |
             "load": _QUIET["last_load"] if times else None}
 
 
-def _ort_session_variants(onnx_fused: Path, onnx_unfused: Path, threads: int, runs: int) -> list[dict]:
-    """EdgeSAM encoder under a few ORT session settings, to show where the time goes."""
+def _ort_session_variants(graphs: dict[str, Path], threads: int, runs: int) -> list[dict]:
+    """EdgeSAM encoder graphs under ORT session settings, to show where the time goes.
+
+    The first graph runs at all three optimisation levels, the others at ALL only."""
     import onnxruntime as ort
 
     x = np.random.default_rng(0).standard_normal((1, 3, SIZE, SIZE)).astype(np.float32)
@@ -61,8 +74,8 @@ def _ort_session_variants(onnx_fused: Path, onnx_unfused: Path, threads: int, ru
     levels = {"ALL (NCHWc layouts)": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
               "EXTENDED (no layout transform)": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
               "BASIC": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC}
-    for graph_name, path in (("fused", onnx_fused), ("unfused", onnx_unfused)):
-        for level_name, level in levels.items():
+    for i, (graph_name, path) in enumerate(graphs.items()):
+        for level_name, level in list(levels.items())[: 3 if i == 0 else 1]:
             so = ort.SessionOptions()
             so.graph_optimization_level = level
             so.intra_op_num_threads = threads
@@ -124,11 +137,13 @@ def bench_edgesam(threads: int, runs: int, tmp: Path) -> tuple[list[dict], list[
                 t = _timed(fn, r, warmup=2)
                 dec_rows.append({"prompts": n, "runtime": runtime, "gmacs": dec_macs[n] / 1e9, "median_s": median(t),
                                  "per_prompt_ms": median(t) / n * 1e3, "load": _QUIET["last_load"]})
-    unfused = tmp / "edgesam" / "encoder_unfused.onnx"
     from edgesam.export import export_encoder
 
-    export_encoder(model, unfused, fuse=False)
-    variants = _ort_session_variants(paths["encoder"], unfused, threads, runs)
+    graphs = {"fused, bicubic as conv (default export)": paths["encoder"],
+              "fused, bicubic as ONNX Resize (cubic)": export_encoder(model, tmp / "edgesam" / "resize.onnx",
+                                                                     cubic_as_conv=False),
+              "unfused, bicubic as conv": export_encoder(model, tmp / "edgesam" / "unfused.onnx", fuse=False)}
+    variants = _ort_session_variants(graphs, threads, runs)
     return rows, dec_rows, variants, facts
 
 
@@ -170,7 +185,8 @@ def bench_vit(name: str, threads: int, runs: int, tmp: Path, do_ort: bool) -> li
         gc.collect()
         sess = make_session(onnx_path, [CPU_EP], threads)
         x = x_t.numpy()
-        times = _timed(lambda: sess.run(None, {"image": x}), runs, warmup=1)
+        # two warm-ups: ORT's arena grows over the first two runs of a ViT (seconds of page faults)
+        times = _timed(lambda: sess.run(None, {"image": x}), runs, warmup=2)
         size_gb = sum(p.stat().st_size for p in onnx_path.parent.iterdir()) / 1e9
         rows.append(_row(name, label, "onnxruntime", params, macs, times,
                          f"export {export_s:.0f} s, {size_gb:.2f} GB ONNX"))
@@ -206,13 +222,14 @@ def render(info: dict, cmd: str, rows: list[dict], dec_rows: list[dict], variant
         f"- fp32 matmul rate (torch 2048x2048, {info['threads']} threads, better of start and end): "
         f"**{matmul:.0f} GFLOP/s**",
         f"- Input 1x3x{SIZE}x{SIZE}; medians over {runs['fast']} runs (EdgeSAM), {runs['vit_b']} (ViT-B), "
-        f"{runs['vit_h']} (ViT-H) after warm-up; MACs from `torch.utils.flop_counter.FlopCounterMode` "
-        "(conv/linear/matmul, FLOPs/2). Each timed block first waits for a 1-min load average <= "
-        f"{_QUIET['max_load']} (up to {_QUIET['wait_s']:.0f} s); the `load` column is the highest 1-min load "
-        "average seen around that block.",
+        f"{runs['vit_h']} (ViT-H) after warm-up (2 runs; 1 for the ViTs in torch); MACs from `torch.utils.flop_counter.FlopCounterMode` "
+        "(conv/linear/matmul, FLOPs/2). The machine is shared: each timed block waits for a 1-min load "
+        f"average <= {_QUIET['max_load']}, and `others (cores)` is the average CPU other processes used during "
+        f"its timed runs (from /proc/stat); a block above {_QUIET['max_others']} cores is retried up to "
+        f"{_QUIET['attempts']} times and the least disturbed attempt is kept.",
         "",
-        "| model | runtime | params (M) | GMACs | median latency (s) | speed-up vs ViT-B | speed-up vs ViT-H | achieved GFLOP/s | load |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | runtime | params (M) | GMACs | median latency (s) | speed-up vs ViT-B | speed-up vs ViT-H | achieved GFLOP/s | min (s) | others (cores) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         family = "onnxruntime" if r["runtime"] == "onnxruntime" else "torch eager"
@@ -222,15 +239,16 @@ def render(info: dict, cmd: str, rows: list[dict], dec_rows: list[dict], variant
         gf = None if t is None else 2 * r["gmacs"] / t
         runtime = r["runtime"] + (f" ({r['note']})" if r["note"] else "")
         lines.append(f"| {r['model']} | {runtime} | {_fmt(r['params_m'], '.2f')} | {_fmt(r['gmacs'], '.1f')} | "
-                     f"{_fmt(t, '.3f')} | {_x(sb)} | {_x(sh)} | {_fmt(gf, '.0f')} | {_fmt(r['load'], '.2f')} |")
+                     f"{_fmt(t, '.3f')} | {_x(sb)} | {_x(sh)} | {_fmt(gf, '.0f')} | "
+                     f"{_fmt(min(r['times_s']) if r['times_s'] else None, '.3f')} | {_fmt(r['load'], '.2f')} |")
     lines += ["", "Decoder (prompt encoder + mask decoder, one point + SAM's padding point per prompt; "
               "64 prompts in one batched call):", "",
-              "| prompts | runtime | GMACs | median latency (s) | per prompt (ms) | load |", "|---:|---|---:|---:|---:|---:|"]
+              "| prompts | runtime | GMACs | median latency (s) | per prompt (ms) | others (cores) |", "|---:|---|---:|---:|---:|---:|"]
     for d in dec_rows:
         lines.append(f"| {d['prompts']} | {d['runtime']} | {d['gmacs']:.1f} | {d['median_s']:.4f} | "
                      f"{d['per_prompt_ms']:.1f} | {d['load']:.2f} |")
     lines += ["", "EdgeSAM encoder under ONNX Runtime session settings (same threads):", "",
-              "| graph | graph optimisation level | median (s) | min (s) | load |", "|---|---|---:|---:|---:|"]
+              "| graph | graph optimisation level | median (s) | min (s) | others (cores) |", "|---|---|---:|---:|---:|"]
     for v in variants:
         lines.append(f"| {v['graph']} | {v['level']} | {v['median_s']:.3f} | {v['min_s']:.3f} | {v['load']:.2f} |")
 
@@ -253,6 +271,20 @@ def render(info: dict, cmd: str, rows: list[dict], dec_rows: list[dict], variant
     checks.append(f"MACs: encoder {facts['encoder_gmacs']:.2f} G + 1-prompt decoder {facts['decoder_1prompt_gmacs']:.2f} G "
                   f"= {facts['encoder_gmacs'] + facts['decoder_1prompt_gmacs']:.2f} G (target ~22)")
     lines += ["", "Against the issue's targets:", ""] + [f"- {c}" for c in checks]
+    lines += ["", "Notes:", "",
+              "- Rows whose `others (cores)` is well above 0 shared the 2 cores with other work and are slower "
+              "than this machine can do; `min (s)` is the least disturbed single run.",
+              "- Achieved GFLOP/s counts only conv/linear/matmul MACs; ONNX Runtime's own GEMM kernels (MLAS) can "
+              "exceed the torch matmul rate above, so an ORT row above it is not an error.",
+              f"- The first session-table row repeats the main table's EdgeSAM ORT row (same graph and settings) in a "
+              f"fresh session: {_fmt(edge, '.3f')} s vs {_fmt(variants[0]['median_s'] if variants else None, '.3f')} s "
+              "shows this machine's session-to-session spread even with no other load.",
+              "- The SAM decoder's cost is per prompt (each prompt's tokens attend over all image tokens), so batching "
+              "prompts saves little on CPU; compare the per-prompt column for 1 and 64 prompts.",
+              "- The EdgeSAM encoder export keeps the neck's bicubic upsample but writes it as an exact "
+              "pad + depthwise conv + DepthToSpace: ORT's CPU cubic `Resize` kernel is slow (see the session table).",
+              "- SAM ViT-B/H are segment-anything's `sam_model_registry[...](checkpoint=None)` image encoders "
+              "(random weights) exported with the legacy exporter, opset 17; ViT-H's ONNX uses external data."]
     return "\n".join(lines) + "\n"
 
 

@@ -84,12 +84,27 @@ def run_level(fn, clients: int, total: int, budget_s: float) -> dict:
             "rps": round(len(lat) / wall, 2) if wall > 0 else None}
 
 
+def export_random(img_size: int, out: Path) -> str:
+    """Export a RANDOM-weight student (seed 0, as the app builds it) to ``out``; -> the folder."""
+    import torch
+
+    from edgesam.export import export_all
+    from edgesam.models import EdgeSAM
+
+    torch.manual_seed(0)
+    export_all(EdgeSAM(img_size).eval(), out)
+    return str(out)
+
+
 def bench_config(args: argparse.Namespace, batch: int) -> dict:
     import requests
 
     threads = args.threads or os.cpu_count() or 1
+    model = {"img_size": args.img_size, "threads": threads, "backend": args.backend}
+    if args.backend == "onnxruntime":
+        model["onnx_dir"] = args.onnx_dir
     cfg = ServeAppConfig.model_validate({
-        "model": {"img_size": args.img_size, "threads": threads},
+        "model": model,
         "encoder": {"num_cpus": 1, "max_batch_size": batch, "batch_wait_timeout_s": args.wait_s},
         "decoder": {"num_cpus": 0.5, "max_batch_size": batch, "batch_wait_timeout_s": args.wait_s},
         "everything": {"num_cpus": 0.1},
@@ -222,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wait-s", type=float, default=0.02, help="batch_wait_timeout_s")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads per replica (default: all CPUs)")
     p.add_argument("--ray-cpus", type=float, default=2)
+    p.add_argument("--backend", choices=["onnxruntime", "torch"], default="onnxruntime",
+                   help="onnxruntime (the CPU default: a random student exported once, batch axis dynamic) or torch")
     p.add_argument("--max-load", type=float, default=None, help="wait for a quieter machine first")
     p.add_argument("--out", default=None, help="BENCHMARKS.md to update")
     p.add_argument("--json", default=None, help="also write raw results here")
@@ -229,9 +246,14 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/serve.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     if args.max_load is not None:
         wait_for_quiet(args.max_load, timeout_s=900)
-    load_before = load_average()
-    info = machine_info(args.threads or os.cpu_count() or 1)
-    results = [bench_config(args, b) for b in args.batch_sizes]
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.backend == "onnxruntime":
+            args.onnx_dir = export_random(args.img_size, Path(tmp))
+        load_before = load_average()
+        info = machine_info(args.threads or os.cpu_count() or 1)
+        results = [bench_config(args, b) for b in args.batch_sizes]
     text = render(args, results, info, load_before, load_average(), command)
     print(text)
     if args.json:

@@ -33,6 +33,15 @@ RANDOM_BANNER = """
 """
 
 
+GT_BANNER = """
+################################################################################
+#  NOTE: the SAM teacher has RANDOM weights (no checkpoint was given), but step  #
+#  2 trains on the data's GT masks (step2.mask_target), so the student learns   #
+#  to segment THIS dataset's domain. Step 1 only regressed random embeddings.   #
+################################################################################
+"""
+
+
 def ensure_cache(cfg: DistillConfig) -> dict:
     """Run (or resume) teacher caching unless a complete cache with the same identity exists."""
     from edgesam.data.cache import MANIFEST
@@ -81,8 +90,10 @@ def run_step(cfg: DistillConfig, step: StepConfig, split: dict, init_checkpoint:
     sc = cfg.train.scaling
     # Fractional CPUs for the feeding tasks: with the train workers placed, a node may have < 1 CPU free.
     cpus = cfg.train.data_task_cpus
-    ds = ray.data.read_parquet(split["train_files"], ray_remote_args={"num_cpus": cpus}).select_columns(
-        ["image_id", "image_jpeg", "embedding", "input_height", "input_width", "gt_boxes", "gt_points"])
+    columns = ["image_id", "image_jpeg", "embedding", "input_height", "input_width", "gt_boxes", "gt_points"]
+    if step.kind == "prompt_kd" and step.mask_target != "teacher":
+        columns += ["gt_rles", "orig_height", "orig_width"]
+    ds = ray.data.read_parquet(split["train_files"], ray_remote_args={"num_cpus": cpus}).select_columns(columns)
     holdout = set(split["holdout_ids"])
     if holdout:
         ds = ds.filter(lambda r: r["image_id"] not in holdout, num_cpus=cpus)
@@ -93,6 +104,7 @@ def run_step(cfg: DistillConfig, step: StepConfig, split: dict, init_checkpoint:
         "holdout_ids": split["holdout_ids"], "eval": cfg.eval.model_dump(mode="json"), "seed": cfg.train.seed,
         "checkpoint_every": cfg.train.checkpoint_every_steps, "sync_bn": cfg.train.sync_bn,
         "init_has_rpn": step.kind != "rpn" and _has_rpn(init_checkpoint), "seen_ids_dir": cfg.train.seen_ids_dir, "rpn": cfg.rpn.model_dump(mode="json"),
+        "torch_threads": cfg.train.torch_threads,
     }
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config=loop_cfg,
@@ -126,8 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     print(dump_config(cfg), flush=True)
     t0 = time.time()
     random_teacher = cfg.cache.teacher.checkpoint is None
+    banner = RANDOM_BANNER if not cfg.step2.enabled or cfg.step2.mask_target == "teacher" else GT_BANNER
     if random_teacher:
-        print(RANDOM_BANNER, flush=True)
+        print(banner, flush=True)
 
     from pipelines.ray_init import init_ray
 
@@ -142,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     for k, v in report["outputs"].items():
         print(f"  {k:<14} {v}")
     if random_teacher:
-        print(RANDOM_BANNER, flush=True)
+        print(banner, flush=True)
     return 0
 
 

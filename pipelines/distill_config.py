@@ -26,6 +26,10 @@ class StepConfig(StrictModel):
     decode_iters: int = 2  # prompt_kd: initial decode + refinement iterations
     max_prompts: int = 16  # prompt_kd: GT prompts per image
     point_prob: float = 0.5  # prompt_kd: P(point prompts) per batch, else boxes
+    # prompt_kd: "teacher" (the paper), "gt" (GT masks from the cache, for labelled data or a weak teacher)
+    # or "teacher+gt" (teacher loss + gt_weight x GT loss)
+    mask_target: Literal["teacher", "gt", "teacher+gt"] = "teacher"
+    gt_weight: float = 1.0
 
 
 class ScalingCfg(StrictModel):
@@ -45,6 +49,7 @@ class TrainCfg(StrictModel):
     seen_ids_dir: str | None = None  # tests: each worker appends the image ids it trained on here
     data_task_cpus: float = 0.25  # Ray Data read/filter tasks feeding the workers
     sync_bn: bool = False  # SyncBatchNorm across GPU workers (step 1 in the paper)
+    torch_threads: int | None = None  # intra-op threads per CPU worker (default: OMP_NUM_THREADS Ray sets)
     scaling: ScalingCfg = ScalingCfg()
 
 

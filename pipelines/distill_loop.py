@@ -48,7 +48,8 @@ class PromptKD(nn.Module):
 
         return prompt_kd_step(self.student, self.teacher_pd, batch["images"], batch["embeddings"], batch["prompts"],
                               batch["input_hw"], batch["kind"], decode_iters=batch["decode_iters"],
-                              generator=batch["generator"])
+                              generator=batch["generator"], target=batch.get("mask_target", "teacher"),
+                              gt_masks=batch.get("gt_masks"), gt_weight=batch.get("gt_weight", 1.0))
 
 
 class RpnStep(nn.Module):
@@ -86,11 +87,20 @@ def load_weights(model: EdgeSAM, path: str) -> None:
         load_state_dict_strict(model.rpn, rpn_state, what=f"{path} (rpn)")
 
 
-def decode_batch(table: pa.Table, img_size: int, device: torch.device, max_prompts: int, rng: np.random.Generator) -> dict:
+def decode_batch(table: pa.Table, img_size: int, device: torch.device, max_prompts: int, rng: np.random.Generator,
+                 with_gt_masks: bool = False) -> dict:
+    """Cache rows -> a training batch; ``with_gt_masks`` adds ``gt_masks`` (per image (K,S/4,S/4) bool,
+    aligned with the sampled prompts) for GT mask targets."""
+    from edgesam.data.rle import decode_rles
+    from edgesam.data.transforms import lowres_masks
+
+    pylist = table.to_pylist()
     rows = [decode_row({**r, "prompt_index": [], "teacher_box_masks": b"", "teacher_point_masks": b"",
-                        "gt_rles": [], "orig_height": r["input_height"], "orig_width": r["input_width"]}, img_size)
-            for r in table.to_pylist()]
-    prompts = []
+                        "gt_rles": r["gt_rles"] if with_gt_masks else [],
+                        **({} if with_gt_masks else {"orig_height": r["input_height"], "orig_width": r["input_width"]})},
+                       img_size)
+            for r in pylist]
+    prompts, gt_masks = [], []
     for r in rows:
         k = len(r["boxes"])
         if k > max_prompts:  # with replacement, as the reference does
@@ -98,11 +108,18 @@ def decode_batch(table: pa.Table, img_size: int, device: torch.device, max_promp
         else:
             idx = torch.arange(k)
         prompts.append({"boxes": r["boxes"][idx].to(device), "points": r["points"][idx].to(device)})
-    return {"images": torch.stack([r["image"] for r in rows]).to(device),
-            "embeddings": torch.stack([r["embedding"] for r in rows]).to(device),
-            "input_hw": [r["input_hw"] for r in rows], "prompts": prompts,
-            "gt_boxes": [p["boxes"] for p in prompts], "image_ids": [r["image_id"] for r in rows],
-            "img_size": img_size}
+        if with_gt_masks:
+            h, w = r["orig_hw"]
+            full = decode_rles([{"size": [h, w], "counts": r["rles"][int(i)]} for i in idx])  # (K,H,W)
+            gt_masks.append(lowres_masks(torch.from_numpy(full), r["input_hw"], img_size).to(device))
+    batch = {"images": torch.stack([r["image"] for r in rows]).to(device),
+             "embeddings": torch.stack([r["embedding"] for r in rows]).to(device),
+             "input_hw": [r["input_hw"] for r in rows], "prompts": prompts,
+             "gt_boxes": [p["boxes"] for p in prompts], "image_ids": [r["image_id"] for r in rows],
+             "img_size": img_size}
+    if with_gt_masks:
+        batch["gt_masks"] = gt_masks
+    return batch
 
 
 def _save(tmp: str, module_model: EdgeSAM, optimizer, scheduler, global_step: int, history: list,
@@ -132,7 +149,7 @@ def train_loop_per_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
     img_size = config["img_size"]
     if device.type == "cpu":
-        torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+        torch.set_num_threads(config.get("torch_threads") or max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
 
     model = EdgeSAM(img_size)
     if step.kind == "rpn" or config.get("init_has_rpn"):
@@ -207,9 +224,10 @@ def train_loop_per_worker(config: dict) -> None:
         for i, table in enumerate(it):
             if i < skip or i >= spe:
                 continue  # drain: every worker consumes its whole split each epoch
-            batch = decode_batch(table, img_size, device, step.max_prompts, rng)
+            batch = decode_batch(table, img_size, device, step.max_prompts, rng,
+                                 with_gt_masks=step.kind == "prompt_kd" and step.mask_target != "teacher")
             batch.update(kind="point" if rng.random() < step.point_prob else "box", decode_iters=step.decode_iters,
-                         generator=gen)
+                         generator=gen, mask_target=step.mask_target, gt_weight=step.gt_weight)
             loss, parts = ddp(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

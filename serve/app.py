@@ -31,7 +31,8 @@ from .cache import CacheEntry, EmbeddingCache
 from .codec import RequestError, content_hash, decode_b64_image, decode_image
 from .config import LimitsSection, ServeAppConfig, load_serve_config
 from .messages import DecodeRequest
-from .payloads import image_body_openapi, read_image_payloads, summarise_errors, validate_prompts
+from .payloads import (image_body_openapi, read_image_payloads, summarise_errors, validate_mask_input,
+                       validate_prompts)
 from .samples import sample_image, sample_names, sample_png
 from .schemas import (EmbeddingResponse, ErrorResponse, EverythingRequest, EverythingResponse, HealthResponse,
                       ImageRequest, SampleInfo, SegmentRequest, SegmentResponse)
@@ -213,7 +214,10 @@ class EdgeSamIngress:
     @api.post("/v1/segment", response_model=SegmentResponse, responses=ERRORS,
               dependencies=[Depends(require_api_key)])
     async def segment(self, req: SegmentRequest) -> dict[str, Any]:
-        """Masks for point/box prompts on a cached embedding (or an inline image, encoded and cached)."""
+        """Masks for point/box prompts on a cached embedding (or an inline image, encoded and cached).
+
+        Refine a mask SAM-style: ask with ``return_low_res_logits: true``, then send the chosen mask's
+        ``low_res_logits`` back as ``mask_input`` with the corrected clicks."""
         if (req.embedding_id is None) == (req.image_b64 is None):
             raise RequestError("give exactly one of embedding_id (from /v1/embeddings) or image_b64", 422)
         if req.embedding_id is not None:
@@ -226,9 +230,11 @@ class EdgeSamIngress:
             key, entry, _ = await self._embedding_for(data)
         h, w = entry.original_hw
         prompts = validate_prompts(req, h, w, self.limits)
+        mask = None if req.mask_input is None else validate_mask_input(req.mask_input, self.cfg.model.img_size)
         result = await self.decoder.decode.remote(DecodeRequest(
             embedding_id=key, embedding=entry.embedding, original_hw=entry.original_hw, input_hw=entry.input_hw,
-            num_outputs=req.num_outputs, select=req.multimask_select, fmt=req.format, **prompts))
+            num_outputs=req.num_outputs, select=req.multimask_select, fmt=req.format, mask_input=mask,
+            return_low_res_logits=req.return_low_res_logits, **prompts))
         if "error" in result:
             raise RequestError(result["error"], 422)
         return {"embedding_id": key, "width": w, "height": h, "masks": result["masks"],

@@ -1,4 +1,5 @@
-"""Bytes in, bytes out at the HTTP boundary: image decoding under limits, base64, PNG masks.
+"""Bytes in, bytes out at the HTTP boundary: image decoding under limits, base64, PNG masks, and base64
+``.npy`` arrays (mask logits), parsed without pickle.
 
 Images arrive only as bytes (upload / raw body) or base64; this server never fetches a URL.
 Every failure is a :class:`RequestError` (a ``ValueError``) carrying the HTTP status to answer with.
@@ -21,6 +22,7 @@ from edgesam.data.images import ImageDecodeError, decode_image as decode_image_b
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
 _URL_RE = re.compile(r"^\s*(?:[a-zA-Z][a-zA-Z0-9+.\-]*://|www\.|file:|s3:|gs:)")
 _DATA_URI_RE = re.compile(r"^data:image/[a-zA-Z0-9.+\-]+;base64,", re.IGNORECASE)
+NPY_MAGIC = b"\x93NUMPY"
 
 
 class RequestError(ValueError):
@@ -111,3 +113,62 @@ def mask_to_png_b64(mask: np.ndarray) -> str:
 
 def png_b64_to_mask(text: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(text))).convert("L")) > 127
+
+
+def decode_npy_b64(text: object, field: str, max_bytes: int, shapes: tuple[tuple[int, ...], ...],
+                   dtypes: tuple[str, ...] = ("float16", "float32")) -> np.ndarray:
+    """Base64 of a ``.npy`` file (format 1.0 or 2.0, as ``np.save`` writes) -> a finite float32 array.
+
+    The header is parsed first (never with pickle); its dtype (any byte order) must be one of ``dtypes`` and
+    its shape one of ``shapes`` before any data is read, and the data must fill the file exactly.
+    Errors: 413 over ``max_bytes``; 400 not base64 / not a .npy / corrupt or truncated; 422 wrong dtype,
+    wrong shape or NaN/inf values.
+    """
+    if not isinstance(text, str):
+        raise RequestError(f"{field} must be a base64 string, got {type(text).__name__}", 422)
+    text = text.strip()
+    if not text:
+        raise RequestError(f"{field} is empty", 422)
+    if len(text) * 3 // 4 > max_bytes + 3:
+        raise RequestError(f"{field} decodes to more than the limit of {max_bytes} bytes", 413)
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise RequestError(f"{field} is not valid base64: {e}", 400) from None
+    if len(data) > max_bytes:
+        raise RequestError(f"{field} is {len(data)} bytes, over the limit of {max_bytes}", 413)
+    if not data.startswith(NPY_MAGIC):
+        raise RequestError(f"{field} is not a .npy file (no \\x93NUMPY magic): send base64 of np.save output", 400)
+    fp = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(fp)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp, max_header_size=4096)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fp, max_header_size=4096)
+        else:
+            raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
+    except Exception as e:  # header parsing: ValueError, SyntaxError, TypeError, EOFError, ...
+        raise RequestError(f"{field}: unreadable .npy header: {type(e).__name__}: {str(e)[:200]}", 400) from None
+    if dtype.fields is not None or dtype.subdtype is not None or dtype.kind != "f" \
+            or dtype.newbyteorder("=").name not in dtypes:
+        raise RequestError(f"{field} has dtype {dtype.str!r}; expected {' or '.join(dtypes)}", 422)
+    if tuple(shape) not in shapes:
+        want = " or ".join(str(s_) for s_ in shapes)
+        raise RequestError(f"{field} has shape {tuple(shape)}; expected {want}", 422)
+    payload = data[fp.tell():]
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(payload) != expected:
+        raise RequestError(f"{field}: .npy data is {len(payload)} bytes, but shape {tuple(shape)} of {dtype.name} "
+                           f"needs {expected} (truncated or trailing bytes)", 400)
+    arr = np.frombuffer(payload, dtype=dtype).reshape(shape, order="F" if fortran else "C").astype(np.float32)
+    if not np.isfinite(arr).all():
+        raise RequestError(f"{field} contains NaN or infinite values", 422)
+    return arr
+
+
+def encode_npy_b64(array: np.ndarray) -> str:
+    """An array -> base64 of its ``.npy`` file (``np.save``, no pickle)."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return base64.b64encode(buf.getvalue()).decode("ascii")

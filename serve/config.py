@@ -34,6 +34,7 @@ class ModelSection(StrictModel):
     seed: int = 0
     fuse: bool = True  # RepVGG re-parametrisation (exact in eval) for the torch backend
     precision: Literal["fp16", "fp32"] = "fp16"  # tensorrt engines
+    trt_max_batch: int = Field(8, ge=1, le=256)  # tensorrt encoder engine: images per execute (>= encoder.max_batch_size)
     threads: int | None = Field(None, ge=1, description="intra-op CPU threads per replica (torch / onnxruntime)")
 
     @model_validator(mode="after")

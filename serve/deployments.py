@@ -25,10 +25,11 @@ from edgesam.data.transforms import preprocess
 from edgesam.inference import Predictor
 from edgesam.inference.everything import EverythingConfig, EverythingGenerator
 
-from .codec import mask_to_png_b64
+from .codec import encode_npy_b64, mask_to_png_b64
 from .config import ServeAppConfig
 from .messages import DecodeRequest
 from .model import ShapeOnlyEncoder, load_backends
+from .schemas import MAX_ABS_MASK_LOGIT
 
 
 class _ModelThread:
@@ -108,18 +109,23 @@ class ImageEncoder:
 
 
 def _prompt_arrays(reqs: list[DecodeRequest]) -> dict[str, np.ndarray | None]:
-    """Concatenate the prompts of same-key requests into ``predict_batch`` arguments."""
-    coords = labels = boxes = None
+    """Concatenate the prompts of same-key requests into ``predict_batch`` arguments. Mask prompts go row by
+    row: each request's mask is repeated for its own prompts only (same-key requests all have one or none)."""
+    coords = labels = boxes = masks = None
     if reqs[0].points is not None:
         coords = np.concatenate([np.repeat(r.points[None], r.num_prompts, 0) for r in reqs]).astype(np.float32)
         labels = np.concatenate([np.repeat(r.labels[None], r.num_prompts, 0) for r in reqs])
     if reqs[0].boxes is not None:
         boxes = np.concatenate([r.boxes for r in reqs]).astype(np.float32)
-    return {"point_coords": coords, "point_labels": labels, "boxes": boxes}
+    if reqs[0].mask_input is not None:
+        masks = np.concatenate([np.repeat(r.mask_input, r.num_prompts, 0) for r in reqs]).astype(np.float32)
+    return {"point_coords": coords, "point_labels": labels, "boxes": boxes, "mask_input": masks}
 
 
-def _format_masks(req: DecodeRequest, masks: np.ndarray, stability: np.ndarray, iou: np.ndarray) -> list[dict]:
-    """masks (N,C,H,W) bool, stability/iou (N,C) -> MaskOut dicts, best-per-prompt when asked."""
+def _format_masks(req: DecodeRequest, masks: np.ndarray, stability: np.ndarray, iou: np.ndarray,
+                  low_res: np.ndarray | None = None) -> list[dict]:
+    """masks (N,C,H,W) bool, stability/iou (N,C), low_res (N,C,S/4,S/4) logits -> MaskOut dicts, best-per-prompt
+    when asked; each with its low-res logits (base64 .npy float16 (1,S/4,S/4)) when the request asked."""
     out = []
     for i in range(masks.shape[0]):
         if req.select == "all" or masks.shape[1] == 1:
@@ -135,6 +141,9 @@ def _format_masks(req: DecodeRequest, masks: np.ndarray, stability: np.ndarray, 
                 item["png"] = mask_to_png_b64(m)
             else:
                 item["segmentation"] = encode_mask(m)
+            if req.return_low_res_logits and low_res is not None:
+                logits = np.clip(low_res[i, j], -MAX_ABS_MASK_LOGIT, MAX_ABS_MASK_LOGIT)  # float16-safe
+                item["low_res_logits"] = encode_npy_b64(logits[None].astype(np.float16))
             out.append(item)
     return out
 
@@ -145,9 +154,11 @@ class MaskDecoder:
 
     A batch is split into groups by :meth:`DecodeRequest.group_key`; each group is one decoder call
     (several clients clicking on the same image, or one client's rapid clicks), otherwise one call per
-    request. What this buys depends on the device: on CPU the SAM decoder costs ~the same per prompt
-    batched or not, so the gain is amortised per-call overhead (Python, prompt encoding, the embedding
-    broadcast); on GPU one call over many prompts fills the device and is much cheaper per prompt.
+    request. Refinement requests (``mask_input``) group only with other refinement requests, each prompt
+    decoding against its own request's mask. What this buys depends on the device: on CPU the SAM decoder
+    costs ~the same per prompt batched or not, so the gain is amortised per-call overhead (Python, prompt
+    encoding, the embedding broadcast); on GPU one call over many prompts fills the device and is much
+    cheaper per prompt.
     """
 
     def __init__(self, cfg: dict) -> None:
@@ -199,7 +210,8 @@ class MaskDecoder:
         out, start = [], 0
         for r, n in zip(group, counts):
             sl = slice(start, start + n)
-            out.append({"masks": _format_masks(r, pred.masks[sl], pred.stability[sl], pred.iou[sl])})
+            out.append({"masks": _format_masks(r, pred.masks[sl], pred.stability[sl], pred.iou[sl],
+                                               pred.low_res_logits[sl])})
             start += n
         return out
 

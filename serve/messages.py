@@ -11,7 +11,8 @@ class DecodeRequest:
     """One /v1/segment call after validation. Coordinates in the original frame.
 
     embedding (1,256,S/16,S/16); points (P,2) + labels (P,) form one prompt, or with boxes (N,4) XYXY
-    the points join every box (N prompts).
+    the points join every box (N prompts). mask_input (1,1,S/4,S/4) float32 low-res logits (validated) are
+    the mask prompt of every one of this request's prompts, or None.
     """
 
     embedding_id: str
@@ -24,6 +25,8 @@ class DecodeRequest:
     num_outputs: int = 1
     select: str = "all"
     fmt: str = "rle"
+    mask_input: np.ndarray | None = None
+    return_low_res_logits: bool = False
 
     @property
     def num_prompts(self) -> int:
@@ -31,6 +34,8 @@ class DecodeRequest:
 
     def group_key(self) -> tuple:
         """Requests with equal keys decode exactly as one call: same embedding, same prompt length
-        (padding prompts to a common length would change SAM's attention and thus the masks)."""
+        (padding prompts to a common length would change SAM's attention and thus the masks), and all with
+        or all without a mask prompt (a decoder call sets ``has_mask_input`` for all its prompts at once).
+        Different masks may share a call: each prompt carries its own mask row."""
         return (self.embedding_id, None if self.points is None else len(self.points), self.boxes is not None,
-                self.num_outputs)
+                self.num_outputs, self.mask_input is not None)

@@ -147,7 +147,7 @@ def load_backends(cfg: ModelSection, with_rpn: bool = False) -> Backends:
         if not cfg.onnx_dir:
             raise ValueError(f"model.backend={kind!r} needs model.onnx_dir (python -m edgesam.export ... --out DIR)")
         enc, dec = make_backends(kind, onnx_dir=cfg.onnx_dir, device=cfg.device, threads=cfg.threads,
-                                 precision=cfg.precision)
+                                 precision=cfg.precision, max_batch=cfg.trt_max_batch)
         info = describe_onnx(cfg, kind)
     if enc.img_size != cfg.img_size:
         raise ValueError(f"the {kind} encoder takes {enc.img_size}px inputs but model.img_size is {cfg.img_size}")

@@ -1,4 +1,5 @@
-"""Reading and checking request payloads: image bytes from JSON/multipart/raw bodies, and segment prompts.
+"""Reading and checking request payloads: image bytes from JSON/multipart/raw bodies, segment prompts, and
+the ``mask_input`` of refinement requests.
 
 Every failure is a :class:`~serve.codec.RequestError` carrying its 4xx status.
 """
@@ -12,9 +13,11 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 
-from .codec import RequestError, check_image_bytes, decode_b64_image
+from .codec import RequestError, check_image_bytes, decode_b64_image, decode_npy_b64
 from .config import LimitsSection
-from .schemas import EverythingRequest, ImageRequest, SegmentRequest
+from .schemas import MAX_ABS_MASK_LOGIT, EverythingRequest, ImageRequest, SegmentRequest
+
+NPY_HEADER_SLACK = 1024  # room for the .npy header beyond the float32 data (np.save writes 128 bytes)
 
 
 def summarise_errors(errors: list[dict]) -> str:
@@ -116,3 +119,22 @@ def validate_prompts(req: SegmentRequest, height: int, width: int,
     if bxs is not None and ((bxs[:, 2] < bxs[:, 0]) | (bxs[:, 3] < bxs[:, 1])).any():
         raise RequestError("boxes must be [x0, y0, x1, y1] with x1 >= x0 and y1 >= y0", 422)
     return {"points": pts, "labels": None if labels is None else np.asarray(labels, np.int64), "boxes": bxs}
+
+
+def mask_input_side(img_size: int) -> int:
+    """Side of the low-res mask logits: img_size / 4 (256 at img_size 1024)."""
+    return img_size // 4
+
+
+def validate_mask_input(text: object, img_size: int) -> np.ndarray:
+    """``mask_input`` (base64 .npy, float16/float32, (L,L) or (1,L,L) with L = img_size/4) -> (1,1,L,L) float32.
+
+    4xx on anything else: 413 more bytes than a float32 (L,L) array needs, 400 not base64 / not a .npy /
+    corrupt, 422 wrong dtype or shape, NaN/inf, or a value beyond +-MAX_ABS_MASK_LOGIT."""
+    side = mask_input_side(img_size)
+    arr = decode_npy_b64(text, "mask_input", 4 * side * side + NPY_HEADER_SLACK,
+                         shapes=((side, side), (1, side, side)))
+    peak = float(np.abs(arr).max())
+    if peak > MAX_ABS_MASK_LOGIT:
+        raise RequestError(f"mask_input values must be logits within +-{MAX_ABS_MASK_LOGIT:g}, got {peak:g}", 422)
+    return arr.reshape(1, 1, side, side)

@@ -17,6 +17,9 @@ FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 Point = Annotated[list[FiniteFloat], Field(min_length=2, max_length=2, description="[x, y] pixels")]
 Box = Annotated[list[FiniteFloat], Field(min_length=4, max_length=4, description="[x0, y0, x1, y1] pixels")]
 Label = Annotated[int, Field(strict=True, ge=0, le=1, description="1 positive, 0 negative")]
+# Bound on |mask logit| accepted in ``mask_input``; returned ``low_res_logits`` are clipped to it, so a response
+# can always be sent back. SAM-family logits are tens at most; the bound keeps float16 round trips finite.
+MAX_ABS_MASK_LOGIT = 1e4
 
 
 class ApiModel(BaseModel):
@@ -51,7 +54,10 @@ class EmbeddingResponse(ApiModel):
 class SegmentRequest(ApiModel):
     """Prompts for one image. ``points``+``labels`` form one prompt; each box is one prompt (the points, if
     any, are added to every box). Each prompt yields ``num_outputs`` masks (1: single-mask token,
-    3: SAM's multimask tokens, 4: all), reduced to one by ``multimask_select`` unless ``all``."""
+    3: SAM's multimask tokens, 4: all), reduced to one by ``multimask_select`` unless ``all``.
+
+    Refinement (SAM's ``mask_input``): ask for ``return_low_res_logits`` on a first request, then send the
+    chosen mask's ``low_res_logits`` back as ``mask_input`` together with the corrected clicks."""
 
     embedding_id: str | None = Field(None, pattern=SHA256_HEX)
     image_b64: str | None = None
@@ -62,6 +68,17 @@ class SegmentRequest(ApiModel):
     format: Literal["rle", "png"] = "rle"
     multimask_select: Literal["all", "stability", "iou"] = Field(
         "all", description="keep every output mask, or only the best per prompt by stability score / IoU head")
+    mask_input: str | None = Field(
+        None, description="SAM's mask prompt: low-res mask logits from an earlier response (its `low_res_logits`) "
+                          "to refine, as base64 of a `.npy` file (`np.save`, no pickle) holding float16 or float32 "
+                          "logits of shape (L, L) or (1, L, L), L = img_size / 4 (256 at img_size 1024; see "
+                          "/healthz), in the padded model frame that `low_res_logits` uses. Applies to every prompt "
+                          f"of the request. Values must be finite with |x| <= {MAX_ABS_MASK_LOGIT:g}. Errors: 400 "
+                          "not base64 / not a .npy / corrupt, 413 more bytes than a float32 array needs, 422 wrong "
+                          "dtype, shape or values.")
+    return_low_res_logits: bool = Field(
+        False, strict=True, description="also return each mask's low-res logits (`low_res_logits`), ready to be "
+                                        "sent back as `mask_input`")
 
 
 class RLE(ApiModel):
@@ -79,6 +96,11 @@ class MaskOut(ApiModel):
     area: int
     segmentation: RLE | None = None
     png: str | None = Field(None, description="base64 grayscale PNG, 255 inside the mask")
+    low_res_logits: str | None = Field(
+        None, description="with `return_low_res_logits`: this mask's low-res logits (threshold 0) as base64 of a "
+                          "`.npy` float16 array of shape (1, L, L), L = img_size / 4, in the padded model frame "
+                          f"(clipped to +-{MAX_ABS_MASK_LOGIT:g}); send it back unchanged as `mask_input` to refine "
+                          "the mask (about 11 kB at img_size 256, 175 kB at 1024)")
 
 
 class SegmentResponse(ApiModel):

@@ -295,6 +295,72 @@ def test_prompt_kd_loss_decreases(synthetic):
     assert sum(losses[-4:]) < 0.8 * sum(losses[:4]), losses
 
 
+def _box_gt(prompts: list[dict]) -> list[torch.Tensor]:
+    """GT masks at S/4 for the prompts: the filled box of each prompt (inside the input frame)."""
+    out = []
+    for p in prompts:
+        m = torch.zeros(len(p["boxes"]), S // 4, S // 4, dtype=torch.bool)
+        for j, (x0, y0, x1, y1) in enumerate((p["boxes"] / 4).round().long().tolist()):
+            m[j, y0:y1, x0:x1] = True
+        out.append(m)
+    return out
+
+
+def test_gt_mask_loss_min_over_tokens_and_iou_head():
+    from edgesam.distill.losses import gt_mask_loss
+
+    gt = torch.zeros(1, 8, 8, dtype=torch.bool)
+    gt[0, 2:6, 2:6] = True
+    sign = torch.where(gt, 20.0, -20.0)
+    logits = torch.stack([-sign[0], sign[0], -sign[0], -sign[0]])[None]  # only token 1 is right
+    valid = torch.ones(1, 1, 8, 8)
+    iou = torch.tensor([[0.0, 1.0, 0.0, 0.0]])  # the actual IoUs: token 1 is exact, the others share nothing
+    single, parts = gt_mask_loss(logits, iou, gt, valid, multimask=False)
+    multi, _ = gt_mask_loss(logits, iou, gt, valid, multimask=True)
+    # token 0 is wrong in both; multimask adds only the best of 1-3 (token 1, ~0 loss)
+    assert single.item() > 5.0 and multi.item() == pytest.approx(single.item(), abs=1e-3)
+    assert parts["iou_mse"].item() == pytest.approx(0.0, abs=1e-6)
+    right = torch.stack([sign[0]] * 4)[None]
+    good, parts = gt_mask_loss(right, torch.ones(1, 4), gt, valid, multimask=True)
+    assert good.item() < 1e-3 and parts["gt_dice"].item() < 1e-3
+    bad_iou, parts = gt_mask_loss(right, torch.zeros(1, 4), gt, valid, multimask=True)
+    assert parts["iou_mse"].item() == pytest.approx(1.0) and bad_iou.item() == pytest.approx(good.item() + 1.0, abs=1e-3)
+    with pytest.raises(ValueError, match="gt"):
+        gt_mask_loss(logits, iou, gt[:, :4], valid, multimask=False)
+
+
+def test_prompt_kd_gt_target_learns_the_gt(synthetic):
+    """target="gt" needs no teacher decoder, and its student/GT IoU rises when fitting the GT boxes."""
+    student = _student_from_teacher(synthetic["teacher"])
+    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.05)
+    gen = torch.Generator().manual_seed(0)
+    prompts = _prompts(1)
+    gt = _box_gt(prompts)
+    ious, losses = [], []
+    for i in range(16):
+        loss, m = prompt_kd_step(student, None, synthetic["images"], synthetic["teacher_emb"], prompts, INPUT_HW,
+                                 "box" if i % 2 == 0 else "point", decode_iters=2, generator=gen, target="gt",
+                                 gt_masks=gt)
+        assert {"gt_bce", "gt_dice", "iou_mse"} <= set(m) and m["bce"].item() == 0.0  # no teacher term
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        ious.append(m["mask_iou"].item())
+    assert sum(losses[-4:]) < 0.7 * sum(losses[:4]), losses
+    assert np.mean(ious[-4:]) > np.mean(ious[:4]) + 0.1, ious
+    both, m = prompt_kd_step(student, synthetic["teacher"].prompt_decoder, synthetic["images"], synthetic["teacher_emb"],
+                             prompts, INPUT_HW, "box", target="teacher+gt", gt_masks=gt, gt_weight=0.5)
+    assert m["bce"].item() > 0 and m["gt_bce"].item() > 0
+    with pytest.raises(ValueError, match="gt_masks"):
+        prompt_kd_step(student, None, synthetic["images"], synthetic["teacher_emb"], prompts, INPUT_HW, "box", target="gt")
+    with pytest.raises(ValueError, match="gt_masks must be"):
+        prompt_kd_step(student, None, synthetic["images"], synthetic["teacher_emb"], prompts, INPUT_HW, "box",
+                       target="gt", gt_masks=[g[:, :8] for g in gt])
+    with pytest.raises(ValueError, match="target"):
+        prompt_kd_step(student, None, synthetic["images"], synthetic["teacher_emb"], prompts, INPUT_HW, "box", target="x")
+
+
 # --------------------------------------------------------------------------------------------- schedule
 def test_cosine_with_warmup():
     param = torch.nn.Parameter(torch.zeros(2))
@@ -316,3 +382,39 @@ def test_cosine_with_warmup():
     assert no_warm.get_last_lr()[0] == pytest.approx(1e-4)
     with pytest.raises(ValueError, match="warmup_steps"):
         cosine_with_warmup(opt, 10, 20, 1e-2, 1e-4, 1e-6)
+
+
+def test_decode_batch_gt_masks_match_the_scene():
+    """Cache rows -> training batch with GT masks at S/4, aligned with the (sampled) prompts."""
+    import json
+
+    import pyarrow as pa
+
+    from edgesam.data.cache import Preprocessing, preprocess_row
+    from edgesam.data.synthetic import sa1b_record
+    from edgesam.data.transforms import lowres_masks
+    from pipelines.distill_loop import decode_batch
+
+    pre = Preprocessing(img_size=S, num_prompts=8)
+    rows, scenes = [], []
+    for i in range(2):
+        jpeg, doc, masks = sa1b_record(7, i, (200, 300))
+        row = preprocess_row({"image_id": f"img{i}", "source": "mem", "image_bytes": jpeg,
+                              "annotations_json": json.dumps(doc["annotations"]), "skip_reason": None}, pre)
+        assert row["skip_reason"] is None
+        row["embedding"] = np.zeros((256, S // 16, S // 16), np.float16).tobytes()
+        rows.append(row)
+        scenes.append(masks)
+    batch = decode_batch(pa.Table.from_pylist(rows), S, torch.device("cpu"), max_prompts=3,
+                         rng=np.random.default_rng(0), with_gt_masks=True)
+    for r, masks, p, g in zip(rows, scenes, batch["prompts"], batch["gt_masks"]):
+        assert g.shape == (len(p["boxes"]), S // 4, S // 4) and g.dtype == torch.bool
+        expect = lowres_masks(torch.from_numpy(np.stack(masks)), (r["input_height"], r["input_width"]), S)
+        for box, m in zip(p["boxes"], g):  # find the instance this prompt came from by its box
+            boxes = torch.tensor(r["gt_boxes"]).view(-1, 4)
+            j = int((boxes - box).abs().sum(1).argmin())
+            assert torch.equal(m, expect[j])
+            ys, xs = torch.nonzero(m, as_tuple=True)
+            assert abs(xs.min().item() * 4 - box[0].item()) <= 6 and abs(ys.max().item() * 4 + 4 - box[3].item()) <= 6
+    plain = decode_batch(pa.Table.from_pylist(rows), S, torch.device("cpu"), 3, np.random.default_rng(0))
+    assert "gt_masks" not in plain

@@ -107,10 +107,63 @@ def test_ort_encoder_matches_torch(exported, image, embedding):
     out = enc(image)
     assert out.shape == (1, 256, S // 16, S // 16) and out.dtype == np.float32
     assert np.abs(out - embedding).max() <= ENC_RTOL * np.abs(embedding).max()
-    # batch > 1 runs image by image through the batch-1 graph
+    # batch > 1 goes through the dynamic batch axis in one run
     two = enc(np.concatenate([image, image[:, :, ::-1].copy()]))
     assert two.shape == (2, 256, S // 16, S // 16)
     np.testing.assert_allclose(two[0], out[0], rtol=0, atol=1e-5)
+
+
+class _CountingSession:
+    """Wraps an ``InferenceSession`` and records the batch size of every ``run``."""
+
+    def __init__(self, session) -> None:
+        self.session, self.batches = session, []
+
+    def run(self, outputs, feeds):
+        self.batches.append(next(iter(feeds.values())).shape[0])
+        return self.session.run(outputs, feeds)
+
+
+def test_encoder_dynamic_batch_one_run(exported, model):
+    g = onnx.load(str(exported["encoder"]))
+    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in list(g.graph.input) + list(g.graph.output)}
+    assert dims == {"image": ["batch", 3, S, S], "image_embeddings": ["batch", 256, S // 16, S // 16]}
+    assert json.loads(exported["meta"].read_text())["encoder_io"]["dynamic_batch"] is True
+    enc = OrtEncoder(exported["encoder"], providers=[CPU_EP], threads=1)
+    assert isinstance(enc.session.get_inputs()[0].shape[0], str) and enc.dynamic_batch
+    x = np.random.default_rng(7).standard_normal((3, 3, S, S)).astype(np.float32)
+    x[1] = np.linspace(-2, 2, S, dtype=np.float32)  # a ramp: a very different image
+    x[2] *= 3.0
+    ref = TorchEncoder(model.image_encoder, S)(x)
+    enc.session = _CountingSession(enc.session)
+    batched = enc(x)
+    assert enc.session.batches == [3]  # the whole batch in one session.run
+    singles = np.concatenate([enc(x[i:i + 1]) for i in range(3)])
+    assert enc.session.batches == [3, 1, 1, 1]
+    assert batched.shape == (3, 256, S // 16, S // 16) and batched.dtype == np.float32
+    scale = np.abs(ref).max()
+    assert np.abs(batched - ref).max() <= ENC_RTOL * scale
+    assert np.abs(batched - singles).max() <= ENC_RTOL * scale
+    for i, j in ((0, 1), (0, 2), (1, 2)):  # distinct outputs: each image went through, none was broadcast
+        assert np.abs(batched[i] - batched[j]).max() > 20 * ENC_RTOL * scale
+
+
+def test_encoder_fixed_batch_graph_runs_image_by_image(exported, tmp_path):
+    """An encoder.onnx with a fixed batch of 1 (exports before the batch axis was dynamic) still serves B > 1."""
+    g = onnx.load(str(exported["encoder"]))
+    for v in list(g.graph.input) + list(g.graph.output):
+        v.type.tensor_type.shape.dim[0].dim_value = 1  # replaces the dim_param
+    path = tmp_path / "encoder_b1.onnx"
+    onnx.save(g, str(path))
+    enc = OrtEncoder(path, providers=[CPU_EP], threads=1)
+    assert enc.session.get_inputs()[0].shape[0] == 1 and not enc.dynamic_batch
+    x = np.random.default_rng(8).standard_normal((2, 3, S, S)).astype(np.float32)
+    ref = OrtEncoder(exported["encoder"], providers=[CPU_EP], threads=1)(x)
+    enc.session = _CountingSession(enc.session)
+    out = enc(x)
+    assert enc.session.batches == [1, 1]
+    assert np.abs(out - ref).max() <= ENC_RTOL * np.abs(ref).max()
 
 
 def test_bicubic_conv_form_equals_torch_bicubic():

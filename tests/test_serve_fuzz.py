@@ -1,11 +1,14 @@
 """Fuzz the HTTP API with a few hundred malformed requests from a seeded generator: never a 5xx, every 4xx
 is JSON ``{"error": ...}``, and afterwards a valid request still returns the library predictor's mask.
+Malformed ``mask_input`` payloads (base64 ``.npy``) are both drawn by the generator and sent one by one,
+each of those on an otherwise valid request, where it must be a 4xx.
 
 Loopback only, bounded in count (``N_RANDOM`` + the fixed cases) and time. Random (seeded) weights:
 the server and the reference predictor both build ``EdgeSAM(256)`` after ``torch.manual_seed(0)``.
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import random
@@ -83,6 +86,40 @@ JUNK_VALUES = [None, True, False, 0, -1, 1.5, -1e308, 1e308, "", "x", "NaN", [],
 NONFINITE = ["NaN", "Infinity", "-Infinity"]
 
 
+def _npy(arr: np.ndarray, **kw) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, **kw)
+    return buf.getvalue()
+
+
+def _npy_header(header: str) -> bytes:
+    """A .npy 1.0 preamble + the given header dict text, padded as np.save pads it (no data)."""
+    text = header.encode("latin1")
+    text += b" " * (-(10 + len(text) + 1) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text
+
+
+LOW = 256 // 4  # the fuzz server's img_size / 4: side of a mask_input
+_GOOD_NPY = _npy(np.zeros((LOW, LOW), np.float32))
+# Malformed mask_input values (each a 4xx): not base64, not .npy, broken headers, truncated/padded data, wrong
+# dtypes and shapes, non-finite or absurd values, pickles, oversized.
+BAD_MASK_INPUTS = [
+    "%%%", "data:application/octet-stream;base64,AAAA", _b64(b"\x93NUMPY"), _b64(b"\x93NUMPY\x09\x00"),
+    _b64(b"\x93NUMPY\x01\x00\xff\xff" + b"{" * 100), _b64(b"\x93NUMPY\x02\x00\x10\x00\x00\x00{'descr': 1}    "),
+    _b64(_npy_header("{'descr': '<f4', 'fortran_order': False, 'shape': (-64, 64), }")),
+    _b64(_npy_header("{'descr': '<f4', 'fortran_order': False, 'shape': (64, 64), 'x': __import__('os')}")),
+    _b64(_GOOD_NPY[:-1]), _b64(_GOOD_NPY + b"\x00"), _b64(_GOOD_NPY[:200]), _b64(b"PK\x03\x04" + _GOOD_NPY),
+    _b64(_npy(np.zeros((LOW, LOW), np.int16))), _b64(_npy(np.zeros((LOW, LOW), np.complex64)[:16])),
+    _b64(_npy(np.zeros((LOW, LOW), [("a", "<f2"), ("b", "<f2")]))), _b64(_npy(np.zeros((LOW, LOW), bool))),
+    _b64(_npy(np.array([None, {"x": 1}], dtype=object), allow_pickle=True)),
+    _b64(_npy(np.zeros((1, 1, LOW, LOW), np.float16))), _b64(_npy(np.zeros((LOW + 1, LOW), np.float16))),
+    _b64(_npy(np.zeros((0,), np.float32))), _b64(_npy(np.float32(1.0))),
+    _b64(_npy(np.full((LOW, LOW), np.nan, np.float16))), _b64(_npy(np.full((1, LOW, LOW), -np.inf, np.float32))),
+    _b64(_npy(np.full((LOW, LOW), 3e38, np.float32))), _b64(_npy(np.zeros((4 * LOW, 4 * LOW), np.float32))),
+    "QUFB" * 50_000, "",
+]
+
+
 def _raw_json_with_nonfinite(rng: random.Random, emb: str) -> bytes:
     v = rng.choice(NONFINITE)
     return f'{{"embedding_id": "{emb}", "points": [[{v}, 1.0]], "labels": [1]}}'.encode()
@@ -93,7 +130,7 @@ def _segment_case(rng: random.Random, emb: str) -> dict:
             "num_outputs": 1, "format": "rle", "multimask_select": "all"}
     body = dict(base)
     for _ in range(rng.randint(1, 3)):
-        op = rng.randrange(9)
+        op = rng.randrange(10)
         key = rng.choice(list(base))
         if op == 0:
             body.pop(key, None)
@@ -114,8 +151,11 @@ def _segment_case(rng: random.Random, emb: str) -> dict:
             body[rng.choice(["extra", "mask_input", "url"])] = rng.choice(JUNK_VALUES)
         elif op == 7:
             body["num_outputs"] = rng.choice([0, 2, 5, -1, "3", 3.0, None])
-        else:
+        elif op == 8:
             body["labels"] = [rng.choice([True, 1.0, "1", None, 0.5])]
+        else:
+            body["mask_input"] = rng.choice(BAD_MASK_INPUTS + [_b64(_GOOD_NPY), None])
+            body["return_low_res_logits"] = rng.choice([True, False, "true", 1, None])
     return body
 
 
@@ -195,6 +235,12 @@ def test_fuzz_never_5xx_then_still_correct(server, scene, embedding_id):
     for _ in range(10):
         send("POST", "/v1/segment", "non-finite", data=_raw_json_with_nonfinite(rng, embedding_id),
              headers={"Content-Type": "application/json"})
+    for k, bad in enumerate(BAD_MASK_INPUTS):  # each malformed mask_input on an otherwise valid request: a 4xx
+        r = session.post(url + "/v1/segment", timeout=60, json={
+            "embedding_id": embedding_id, "points": [[10.0, 10.0]], "labels": [1], "mask_input": bad})
+        code = _check(r, f"mask_input #{k} {bad[:60]!r}")
+        assert 400 <= code < 500, f"mask_input #{k} {bad[:60]!r} -> {code}: {r.text[:200]}"
+        statuses[code] = statuses.get(code, 0) + 1
     for method, path in [("GET", "/v1/segment"), ("PUT", "/v1/embeddings"), ("POST", "/nope"), ("GET", "/v1/samples/../x"),
                          ("DELETE", "/healthz"), ("POST", "/healthz"), ("GET", "/v1/samples/%00")]:
         send(method, path, f"{method} {path}")

@@ -50,6 +50,44 @@ def test_missing_tensorrt_raises_clear_error(monkeypatch, tmp_path):
         make_backends("tensorrt", onnx_dir=tmp_path, device="cuda")
 
 
+def test_encoder_profile_and_cache_key_without_tensorrt():
+    """The encoder's batch bounds are validated and are part of the engine cache key (no TensorRT needed)."""
+    from edgesam.export.tensorrt_build import DecoderProfile, EncoderProfile, engine_cache_key
+
+    assert EncoderProfile().shapes == (1, 8, 8)
+    assert EncoderProfile(max_batch=16, opt_batch=4).shapes == (1, 4, 16)
+    for bad in ({"max_batch": 0}, {"max_batch": 4, "opt_batch": 5}, {"max_batch": 4, "opt_batch": 0}):
+        with pytest.raises(ValueError):
+            EncoderProfile(**bad)
+    key = lambda prof: engine_cache_key("GPU", "10.0", "ab" * 32, "fp16", prof)  # noqa: E731
+    keys = {key(None), key(EncoderProfile()), key(EncoderProfile(max_batch=4)), key(EncoderProfile(max_batch=8, opt_batch=1)),
+            key(DecoderProfile())}
+    assert len(keys) == 5 and all(len(k) == 16 for k in keys)
+    assert key(EncoderProfile(max_batch=8)) == key(EncoderProfile(max_batch=8, opt_batch=8))  # same bounds, same engine
+    assert key(EncoderProfile()) != engine_cache_key("GPU", "10.0", "ab" * 32, "fp32", EncoderProfile())
+
+
+def test_graph_profile_follows_the_encoder_batch_axis(tmp_path):
+    """Dynamic-batch encoder -> EncoderProfile; a fixed-batch-1 encoder (older export) -> no profile (no TensorRT needed)."""
+    import onnx
+
+    from edgesam.export import export_encoder
+    from edgesam.export.tensorrt_build import EncoderProfile, graph_profile, has_dynamic_batch
+    from edgesam.models import EdgeSAM
+
+    torch.manual_seed(0)
+    path = export_encoder(EdgeSAM(128).eval(), tmp_path / "encoder.onnx")
+    assert has_dynamic_batch(path)
+    prof = EncoderProfile(max_batch=4)
+    assert graph_profile(path, encoder_profile=prof) is prof
+    g = onnx.load(str(path))
+    for v in list(g.graph.input) + list(g.graph.output):
+        v.type.tensor_type.shape.dim[0].dim_value = 1
+    fixed = tmp_path / "encoder_b1.onnx"
+    onnx.save(g, str(fixed))
+    assert not has_dynamic_batch(fixed) and graph_profile(fixed, encoder_profile=prof) is None
+
+
 @pytest.fixture(scope="module")
 def onnx_dir(tmp_path_factory) -> Path:
     reason = _trt_skip_reason()
@@ -92,12 +130,23 @@ def test_engine_build_cache_and_parity(onnx_dir, precision):
     assert build_engines(onnx_dir, precision=precision) == engines  # second call: cache hit
     enc, dec = TrtEncoder(engines["encoder"]), TrtDecoder(engines["decoder"])
     assert enc.img_size == S and dec.max_prompts == 64 and dec.max_points == 16
+    assert enc.dynamic_batch and enc.max_batch == 8  # EncoderProfile() default
     oenc = OrtEncoder(onnx_dir / "encoder.onnx", providers=[CPU_EP])
     odec = OrtDecoder(onnx_dir / "decoder.onnx", providers=[CPU_EP])
     x = np.random.default_rng(0).standard_normal((1, 3, S, S)).astype(np.float32)
     emb, emb_ref = enc(x), oenc(x)
     rel = np.linalg.norm(emb - emb_ref) / np.linalg.norm(emb_ref)
     assert rel < (1e-3 if precision == "fp32" else 2e-2)
+    xb = np.random.default_rng(3).standard_normal((10, 3, S, S)).astype(np.float32)  # 10 > max_batch: 8 + 2
+    runs = []
+    real_run = enc.engine.run
+    enc.engine.run = lambda feeds: runs.append(tuple(feeds[enc.input_name].shape)) or real_run(feeds)
+    emb_b, emb_b_ref = enc(xb), oenc(xb)
+    assert [r[0] for r in runs] == [8, 2]
+    assert emb_b.shape == (10, 256, S // 16, S // 16)
+    for i in range(10):
+        rel = np.linalg.norm(emb_b[i] - emb_b_ref[i]) / np.linalg.norm(emb_b_ref[i])
+        assert rel < (1e-3 if precision == "fp32" else 2e-2)
     rng = np.random.default_rng(1)
     for n, p in [(1, 1), (5, 3), (64, 16), (70, 2)]:  # 70 > profile max: chunked
         coords = rng.uniform(0, S, (n, p, 2)).astype(np.float32)
@@ -136,3 +185,23 @@ def test_predictor_on_tensorrt(onnx_dir):
     a, _, _ = trt_p.predict(box=box, num_outputs=4)
     b, _, _ = ref_p.predict(box=box, num_outputs=4)
     assert _iou(a, b) >= 0.9
+
+
+@pytest.mark.gpu
+@pytest.mark.trt
+def test_encoder_max_batch_is_its_own_engine(onnx_dir):
+    from edgesam.export.tensorrt_build import EncoderProfile, build_engine, engine_cache_path
+    from edgesam.inference.ort_backend import CPU_EP, OrtEncoder
+    from edgesam.inference.trt_backend import TrtEncoder
+
+    enc_onnx = onnx_dir / "encoder.onnx"
+    small = EncoderProfile(max_batch=2)
+    path = build_engine(enc_onnx, "fp32", encoder_profile=small)
+    assert path == engine_cache_path(enc_onnx, "fp32", profile=small)
+    assert path != engine_cache_path(enc_onnx, "fp32", profile=EncoderProfile())
+    enc = TrtEncoder(path)
+    assert enc.dynamic_batch and enc.max_batch == 2
+    assert TrtEncoder(enc_onnx, precision="fp32", profile=small).engine.path == path  # built from .onnx: cache hit
+    x = np.random.default_rng(4).standard_normal((3, 3, S, S)).astype(np.float32)  # chunks of 2 + 1
+    out, ref = enc(x), OrtEncoder(enc_onnx, providers=[CPU_EP])(x)
+    assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 1e-3

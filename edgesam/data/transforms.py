@@ -86,3 +86,17 @@ def valid_mask(input_hw: tuple[int, int], size: int, out: int) -> torch.Tensor:
     m = torch.zeros(1, 1, size, size)
     m[..., : input_hw[0], : input_hw[1]] = 1.0
     return F.interpolate(m, (out, out), mode="bilinear", align_corners=False)[0, 0]
+
+
+def lowres_masks(masks: torch.Tensor, input_hw: tuple[int, int], size: int) -> torch.Tensor:
+    """GT masks at the original size (K,H,W) bool/0-1 -> the decoder's low-res frame (K,size/4,size/4) bool.
+
+    Nearest resize to the input extent, zero-pad to size x size, bilinear downsample, > 0 (as the eval
+    protocol compares low-res predictions with GT)."""
+    side = size // 4
+    if len(masks) == 0:
+        return torch.zeros(0, side, side, dtype=torch.bool)
+    h, w = input_hw
+    m = F.interpolate(masks.float()[:, None], (h, w), mode="nearest")
+    m = F.pad(m, (0, size - w, 0, size - h))
+    return F.interpolate(m, (side, side), mode="bilinear", align_corners=False)[:, 0] > 0

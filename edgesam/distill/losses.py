@@ -58,6 +58,21 @@ def masked_embedding_mse(student: torch.Tensor, teacher: torch.Tensor, valid: to
     return per_image.mean()
 
 
+def bce_dice_per_map(student_logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unweighted BCE and Dice of each (prompt, token) map: (N,C,H,W) logits and bool/0-1 targets,
+    valid (N|1,1,H,W) soft validity -> (bce (N,C), dice (N,C)). See :func:`bce_dice_loss` for the terms."""
+    target = target.to(student_logits.dtype)
+    valid = valid.to(student_logits.dtype)
+    bce_map = F.binary_cross_entropy_with_logits(student_logits, target, reduction="none") * valid
+    valid_sum = valid.sum(dim=(-1, -2)).clamp(min=1e-6)  # (N|1, 1)
+    bce = bce_map.sum(dim=(-1, -2)) / valid_sum
+    p = torch.sigmoid(student_logits) * valid
+    t = target * valid
+    dice = 1.0 - (2.0 * (p * t).sum(dim=(-1, -2)) + 1.0) / (p.sum(dim=(-1, -2)) + t.sum(dim=(-1, -2)) + 1.0)
+    return bce, dice
+
+
 def bce_dice_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, valid: torch.Tensor,
                   bce_weight: float = 5.0, dice_weight: float = 5.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Step-2 mask loss against hard teacher targets.
@@ -76,13 +91,42 @@ def bce_dice_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, va
             or valid.shape[0] not in (1, student_logits.shape[0]):
         raise ValueError(f"valid must be (N|1,1,H,W) for logits {tuple(student_logits.shape)}, got {tuple(valid.shape)}")
     target = teacher_logits if teacher_logits.dtype == torch.bool else teacher_logits > 0
-    target = target.to(student_logits.dtype)
-    valid = valid.to(student_logits.dtype)
-    bce_map = F.binary_cross_entropy_with_logits(student_logits, target, reduction="none") * valid
-    valid_sum = valid.sum(dim=(-1, -2)).clamp(min=1e-6)  # (N|1, 1)
-    bce = (bce_map.sum(dim=(-1, -2)) / valid_sum).mean()
-    p = torch.sigmoid(student_logits) * valid
-    t = target * valid
-    dice = 1.0 - (2.0 * (p * t).sum(dim=(-1, -2)) + 1.0) / (p.sum(dim=(-1, -2)) + t.sum(dim=(-1, -2)) + 1.0)
-    dice = dice.mean()
+    bce, dice = bce_dice_per_map(student_logits, target, valid)
+    bce, dice = bce.mean(), dice.mean()
     return bce_weight * bce + dice_weight * dice, {"bce": bce.detach(), "dice": dice.detach()}
+
+
+def gt_mask_loss(student_logits: torch.Tensor, student_iou: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor,
+                 multimask: bool, bce_weight: float = 5.0, dice_weight: float = 5.0, iou_weight: float = 1.0
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Supervised mask loss against ground-truth masks (SAM's recipe, for users with labelled data).
+
+    student_logits (N,4,H,W) low-res logits; student_iou (N,4) IoU-head output; gt (N,H,W) bool GT at the
+    low-res frame; valid (N|1,1,H,W). Token 0 is always trained; with ``multimask`` (a single point, which is
+    ambiguous) the best of tokens 1-3 is trained too (min over tokens, as SAM does). The IoU head regresses
+    the actual IoU of each trained token with the GT (MSE), which EdgeSAM's teacher-only recipe leaves as is.
+    Returns (loss, {"gt_bce", "gt_dice", "iou_mse"} detached).
+    """
+    if student_logits.ndim != 4 or student_logits.shape[1] < 1 or gt.shape != (student_logits.shape[0],
+                                                                                 *student_logits.shape[2:]):
+        raise ValueError(f"logits (N,C,H,W) and gt (N,H,W) expected, got {tuple(student_logits.shape)}, {tuple(gt.shape)}")
+    target = gt.bool()[:, None].expand_as(student_logits)
+    bce, dice = bce_dice_per_map(student_logits, target, valid)  # (N,C)
+    per_map = bce_weight * bce + dice_weight * dice
+    tokens = torch.zeros(per_map.shape, dtype=torch.bool, device=per_map.device)
+    tokens[:, 0] = True
+    mask_loss = per_map[:, 0]
+    if multimask and per_map.shape[1] > 1:
+        best = per_map[:, 1:].argmin(dim=1) + 1
+        mask_loss = mask_loss + per_map.gather(1, best[:, None])[:, 0]
+        tokens[torch.arange(len(best), device=best.device), best] = True
+    with torch.no_grad():
+        hard_valid = valid > 0.5
+        pred, tgt = (student_logits > 0) & hard_valid, target & hard_valid
+        union = (pred | tgt).sum(dim=(-1, -2))
+        actual = torch.where(union > 0, (pred & tgt).sum(dim=(-1, -2)) / union.clamp(min=1), torch.ones_like(union,
+                             dtype=student_logits.dtype)).to(student_logits.dtype)
+    iou_mse = ((student_iou - actual) ** 2)[tokens].mean()
+    loss = mask_loss.mean() + iou_weight * iou_mse
+    return loss, {"gt_bce": bce[:, 0].mean().detach(), "gt_dice": dice[:, 0].mean().detach(),
+                  "iou_mse": iou_mse.detach()}

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 
-from ..data.transforms import postprocess_masks, valid_mask
+from ..data.transforms import lowres_masks, postprocess_masks, valid_mask
 from ..distill.prompts import (PROMPT_KINDS, append_points, centre_click, make_prompt_batch, sample_error_points,
                                sample_gt_prompts)
 from ..models.prompt_decoder import IGNORE
@@ -141,8 +141,7 @@ def gt_prompts_and_lowres(sample: EvalSample, img_size: int) -> tuple[np.ndarray
             else:
                 x0, y0, x1, y1 = sample.boxes[s + j]
                 centres[s + j] = ((x0 + x1) / 2, (y0 + y1) / 2)
-        m = F.pad(m, (0, img_size - w, 0, img_size - h))
-        lowres[s:s + len(m)] = F.interpolate(m, (side, side), mode="bilinear", align_corners=False)[:, 0] > 0
+        lowres[s:s + len(m)] = lowres_masks(m[:, 0], (h, w), img_size)
     return centres, lowres
 
 

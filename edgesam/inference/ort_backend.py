@@ -1,7 +1,8 @@
 """ONNX Runtime backends for the graphs written by :mod:`edgesam.export.onnx_export`.
 
-``OrtEncoder``: images (B,3,S,S) float32 -> embeddings (B,256,S/16,S/16); the graph is batch 1, so B > 1
-runs image by image. ``OrtDecoder``: (embedding (1,256,h,w), point_coords (N,P,2), point_labels (N,P),
+``OrtEncoder``: images (B,3,S,S) float32 -> embeddings (B,256,S/16,S/16) in one ``session.run`` when the
+graph's batch axis is dynamic (current exports); graphs with a fixed batch of 1 (older exports) run image by
+image. ``OrtDecoder``: (embedding (1,256,h,w), point_coords (N,P,2), point_labels (N,P),
 mask_input (N,1,4h,4w) or None) -> (masks (N,4,4h,4w) logits, iou (N,4)); ``mask_input=None`` feeds zeros
 with ``has_mask_input`` 0. All numpy float32, matching :mod:`edgesam.inference.backends`.
 """
@@ -62,7 +63,12 @@ def _as_f32(a: np.ndarray, what: str) -> np.ndarray:
 
 
 class OrtEncoder:
-    """EncoderBackend over ``encoder.onnx``; ``img_size`` is read from the graph's input shape."""
+    """EncoderBackend over ``encoder.onnx``; ``img_size`` is read from the graph's input shape.
+
+    ``dynamic_batch`` is True when the graph's batch axis is symbolic (a dim_param such as ``"batch"``, or
+    unnamed): a whole (B,3,S,S) batch is then one ``session.run``. A graph with a fixed batch of 1 (exported
+    before the axis was made dynamic) is run image by image.
+    """
 
     def __init__(self, path: str | Path, providers: Sequence[str | tuple[str, dict]] | None = None,
                  threads: int | None = None) -> None:
@@ -72,6 +78,10 @@ class OrtEncoder:
         shape = inp.shape
         if len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]) or shape[2] != shape[3]:
             raise ValueError(f"{self.path} is not an EdgeSAM encoder graph: input {inp.name} has shape {shape}")
+        self.dynamic_batch = shape[0] is None or isinstance(shape[0], str)
+        if not self.dynamic_batch and shape[0] != 1:
+            raise ValueError(f"{self.path}: encoder input {inp.name} has a fixed batch of {shape[0]}; "
+                             "expected a dynamic batch axis or a batch of 1 (re-export with `python -m edgesam.export`)")
         self.input_name = inp.name
         self.img_size = int(shape[2])
         self.name = _backend_name(self.session)
@@ -82,8 +92,10 @@ class OrtEncoder:
         s = self.img_size
         if x.ndim != 4 or x.shape[1:] != (3, s, s) or x.shape[0] < 1:
             raise ValueError(f"images must have shape (B,3,{s},{s}), got {x.shape}")
+        if self.dynamic_batch or x.shape[0] == 1:
+            return self.session.run(None, {self.input_name: x})[0]
         outs = [self.session.run(None, {self.input_name: x[i:i + 1]})[0] for i in range(x.shape[0])]
-        return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=0)
+        return np.concatenate(outs, axis=0)
 
 
 class OrtDecoder:

@@ -40,13 +40,13 @@ def _check_pair(encoder: EncoderBackend, decoder: DecoderBackend) -> None:
 
 def make_backends(kind: BackendKind, *, model: torch.nn.Module | None = None, onnx_dir: str | Path | None = None,
                   device: str = "cpu", threads: int | None = None,
-                  precision: str = "fp16") -> tuple[EncoderBackend, DecoderBackend]:
+                  precision: str = "fp16", max_batch: int = 8) -> tuple[EncoderBackend, DecoderBackend]:
     """Build ``(encoder, decoder)`` backends.
 
     kind: ``torch`` (needs ``model``: an EdgeSAM or SamTeacher), ``onnxruntime`` (needs ``onnx_dir``;
     ``device`` "cpu" or "cuda"), ``tensorrt`` (needs ``onnx_dir``, TensorRT and a CUDA ``device``;
-    ``precision`` "fp16" or "fp32"). ``threads``: intra-op CPU threads for onnxruntime and torch (None:
-    leave the library default).
+    ``precision`` "fp16" or "fp32"; ``max_batch`` images per encoder engine execute). ``threads``: intra-op
+    CPU threads for onnxruntime and torch (None: leave the library default).
     """
     if kind not in BACKENDS:
         raise ValueError(f"unknown backend {kind!r}; expected one of {BACKENDS}")
@@ -73,12 +73,13 @@ def make_backends(kind: BackendKind, *, model: torch.nn.Module | None = None, on
             raise ValueError(f"device must be 'cpu' or 'cuda[:i]' for onnxruntime, got {device!r}")
         enc, dec = OrtEncoder(enc_path, providers, threads), OrtDecoder(dec_path, providers, threads)
     else:
-        from ..export.tensorrt_build import build_engines, import_tensorrt, require_cuda
+        from ..export.tensorrt_build import EncoderProfile, build_engines, import_tensorrt, require_cuda
         from .trt_backend import TrtDecoder, TrtEncoder
 
         import_tensorrt()
         dev = require_cuda("cuda" if device == "cpu" else device)
-        engines = build_engines(Path(onnx_dir), precision=precision, device=dev.index or 0)
+        engines = build_engines(Path(onnx_dir), precision=precision, device=dev.index or 0,
+                                encoder_profile=EncoderProfile(max_batch=max_batch))
         enc = TrtEncoder(engines["encoder"], device=dev.index or 0)
         dec = TrtDecoder(engines["decoder"], device=dev.index or 0)
         enc.name = dec.name = f"tensorrt-{precision}"

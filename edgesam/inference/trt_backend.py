@@ -3,7 +3,9 @@
 ``TrtEncoder`` / ``TrtDecoder`` take either an ``.engine`` file or an ``.onnx`` file (built and cached by
 :func:`edgesam.export.tensorrt_build.build_engine`) and implement the numpy protocols of
 :mod:`edgesam.inference.backends`. Inference binds each I/O tensor with ``set_tensor_address`` and runs
-``execute_async_v3`` on the current torch CUDA stream.
+``execute_async_v3`` on the current torch CUDA stream. ``TrtEncoder`` runs a whole batch of images per
+execute when the engine has a dynamic batch axis (chunks of the profile's maximum, ``EncoderProfile.max_batch``),
+and image by image for engines built from older fixed-batch-1 graphs.
 
 ``import tensorrt`` is lazy: importing this module needs neither TensorRT nor a GPU; constructing a
 backend without TensorRT raises ``RuntimeError`` with the install command.
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..export.tensorrt_build import DecoderProfile, build_engine, import_tensorrt, require_cuda
+from ..export.tensorrt_build import DecoderProfile, EncoderProfile, build_engine, import_tensorrt, require_cuda
 
 
 class TrtEngine:
@@ -76,23 +78,32 @@ class TrtEngine:
 
 
 def _engine_for(path: str | Path, precision: str, cache_dir: str | Path | None, device: str | int,
-                profile: DecoderProfile | None = None) -> Path:
+                profile: DecoderProfile | None = None, encoder_profile: EncoderProfile | None = None) -> Path:
     path = Path(path)
     if path.suffix == ".onnx":
-        return build_engine(path, precision, cache_dir, profile or DecoderProfile(), device=device)
+        return build_engine(path, precision, cache_dir, profile or DecoderProfile(), device=device,
+                            encoder_profile=encoder_profile or EncoderProfile())
     return path
 
 
 class TrtEncoder:
-    """EncoderBackend: (B,3,S,S) float32 -> (B,256,S/16,S/16) float32 (engine batch 1, looped)."""
+    """EncoderBackend: (B,3,S,S) float32 -> (B,256,S/16,S/16) float32.
+
+    ``max_batch`` is the largest batch one execute takes: the engine's fixed batch (1 for engines from older
+    fixed-batch graphs) or the maximum of its optimisation profile. A batch is run in chunks of ``max_batch``
+    images, one execute per chunk. ``profile`` applies when ``path`` is an ``.onnx`` file to build from.
+    """
 
     def __init__(self, path: str | Path, precision: str = "fp16", device: str | int = 0,
-                 cache_dir: str | Path | None = None) -> None:
+                 cache_dir: str | Path | None = None, profile: EncoderProfile = EncoderProfile()) -> None:
         import_tensorrt()  # fail with the install hint before anything else
-        self.engine = TrtEngine(_engine_for(path, precision, cache_dir, device), device)
+        self.engine = TrtEngine(_engine_for(path, precision, cache_dir, device, encoder_profile=profile), device)
         self.input_name = self.engine.inputs[0]
         shape = self.engine.shape(self.input_name)
         self.img_size = int(shape[-1])
+        batch = int(shape[0])
+        self.dynamic_batch = batch < 0
+        self.max_batch = int(self.engine.profile_max(self.input_name)[0]) if self.dynamic_batch else batch
         self.name = f"tensorrt-{precision}" if Path(path).suffix == ".onnx" else "tensorrt"
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
@@ -102,9 +113,10 @@ class TrtEncoder:
         s = self.img_size
         if x.ndim != 4 or x.shape[1:] != (3, s, s) or x.shape[0] < 1:
             raise ValueError(f"images must have shape (B,3,{s},{s}), got {x.shape}")
-        outs = [self.engine.run({self.input_name: torch.from_numpy(x[i:i + 1])})["image_embeddings"]
-                for i in range(x.shape[0])]
-        return torch.cat(outs).float().cpu().numpy()
+        step = self.max_batch
+        outs = [self.engine.run({self.input_name: torch.from_numpy(x[i:i + step])})["image_embeddings"].float().cpu()
+                for i in range(0, x.shape[0], step)]
+        return (outs[0] if len(outs) == 1 else torch.cat(outs)).numpy()
 
 
 class TrtDecoder:
