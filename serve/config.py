@@ -24,6 +24,8 @@ class ModelSection(StrictModel):
 
     ``checkpoint`` (student ``.pt`` via ``load_student``) or ``onnx_dir`` (exported encoder/decoder);
     with neither, the model is randomly initialised from ``seed`` and every replica logs a loud warning.
+    ``backend: auto`` picks TensorRT on a GPU where installed, else ONNX Runtime, else torch; a checkpoint
+    (or random model) served by an ONNX backend is exported once into ``export_cache_dir``.
     """
 
     checkpoint: str | None = None
@@ -35,6 +37,7 @@ class ModelSection(StrictModel):
     fuse: bool = True  # RepVGG re-parametrisation (exact in eval) for the torch backend
     precision: Literal["fp16", "fp32"] = "fp16"  # tensorrt engines
     trt_max_batch: int = Field(8, ge=1, le=256)  # tensorrt encoder engine: images per execute (>= encoder.max_batch_size)
+    export_cache_dir: str | None = None  # ONNX exports of checkpoints (default $EDGESAM_ONNX_CACHE or ~/.cache/edgesam/onnx)
     threads: int | None = Field(None, ge=1, description="intra-op CPU threads per replica (torch / onnxruntime)")
 
     @model_validator(mode="after")

@@ -9,6 +9,7 @@ random weights (``export_meta.json``), are reported loudly in the logs and in ``
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 from dataclasses import dataclass, field
@@ -66,15 +67,30 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def _ort_has_cuda() -> bool:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return False
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
 def resolve_kind(cfg: ModelSection) -> str:
-    """``auto``: onnxruntime when exported graphs are given, else torch."""
+    """``auto``: TensorRT on ``cuda`` where it is installed, else ONNX Runtime (CPU, or CUDA with
+    onnxruntime-gpu), else torch. Without ``onnx_dir`` the ONNX backends serve a cached export of the
+    checkpoint (or random) model, see :func:`load_backends`."""
     if cfg.backend != "auto":
         return cfg.backend
-    return "onnxruntime" if cfg.onnx_dir else "torch"
+    if cfg.device == "cuda":
+        if importlib.util.find_spec("tensorrt") is not None:
+            return "tensorrt"
+        return "onnxruntime" if _ort_has_cuda() else "torch"
+    return "onnxruntime" if importlib.util.find_spec("onnxruntime") is not None else "torch"
 
 
-def build_torch_model(cfg: ModelSection) -> tuple[EdgeSAM, ModelInfo]:
-    """The student from ``cfg.checkpoint`` or, without one, random weights from ``cfg.seed``."""
+def build_torch_model(cfg: ModelSection, fuse: bool | None = None) -> tuple[EdgeSAM, ModelInfo]:
+    """The student from ``cfg.checkpoint`` or, without one, random weights from ``cfg.seed``; fused for
+    deployment when ``fuse`` (default ``cfg.fuse``)."""
     if cfg.checkpoint:
         model, extras = load_student(cfg.checkpoint, img_size=cfg.img_size)
         ident = f"edgesam:{Path(cfg.checkpoint).name}:sha256={_file_digest(Path(cfg.checkpoint))}"
@@ -86,7 +102,7 @@ def build_torch_model(cfg: ModelSection) -> tuple[EdgeSAM, ModelInfo]:
         model = EdgeSAM(cfg.img_size).eval()
         info = ModelInfo(f"edgesam:random-seed{cfg.seed}", "random", "torch", cfg.img_size, cfg.device,
                          warning=RANDOM_WARNING)
-    if cfg.fuse:
+    if cfg.fuse if fuse is None else fuse:
         fuse_for_deploy(model)
     return model.eval(), info
 
@@ -133,6 +149,17 @@ def _rpn_backend(cfg: ModelSection, model: EdgeSAM | None) -> Any:
     return OrtRpnEncoder(path, [CPU_EP] if cfg.device == "cpu" else None, cfg.threads)
 
 
+def _export_for_serving(cfg: ModelSection) -> tuple[ModelSection, ModelInfo]:
+    """Export the checkpoint (or random) student once into the ONNX cache; -> (cfg with onnx_dir, its info)."""
+    from edgesam.export.cache import cached_export
+
+    model, info = build_torch_model(cfg, fuse=False)  # the exporter fuses its own copy
+    sha = "random" if info.weights == "random" else info.identity.rsplit("sha256=", 1)[-1]
+    onnx_dir = cached_export(model, cfg.export_cache_dir, checkpoint_sha256=sha)
+    log.info("serving %s through ONNX exported at %s", info.identity, onnx_dir)
+    return cfg.model_copy(update={"onnx_dir": str(onnx_dir)}), info
+
+
 def load_backends(cfg: ModelSection, with_rpn: bool = False) -> Backends:
     """Backends for ``cfg`` via ``edgesam.inference.runtime.make_backends`` (plus the RPN when ``with_rpn``
     and available). Logs a loud warning on random weights."""
@@ -144,11 +171,15 @@ def load_backends(cfg: ModelSection, with_rpn: bool = False) -> Backends:
         model, info = build_torch_model(cfg)
         enc, dec = make_backends("torch", model=model, device=cfg.device, threads=cfg.threads)
     else:
-        if not cfg.onnx_dir:
-            raise ValueError(f"model.backend={kind!r} needs model.onnx_dir (python -m edgesam.export ... --out DIR)")
+        source = None
+        if not cfg.onnx_dir:  # serve the checkpoint (or random) model through a cached ONNX export
+            cfg, source = _export_for_serving(cfg)
         enc, dec = make_backends(kind, onnx_dir=cfg.onnx_dir, device=cfg.device, threads=cfg.threads,
                                  precision=cfg.precision, max_batch=cfg.trt_max_batch)
         info = describe_onnx(cfg, kind)
+        if source is not None:  # report the checkpoint it came from, not the cache folder
+            info.identity, info.weights = source.identity, source.weights
+            info.meta = {**source.meta, "onnx_dir": cfg.onnx_dir}
     if enc.img_size != cfg.img_size:
         raise ValueError(f"the {kind} encoder takes {enc.img_size}px inputs but model.img_size is {cfg.img_size}")
     info.backend = f"{enc.name}/{dec.name}"

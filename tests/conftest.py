@@ -2,12 +2,17 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
 torch.set_num_threads(1)
+# Serve replicas export checkpoints to ONNX once per weights; keep that cache private to this test session
+# (Ray workers inherit the environment of the process that starts the local cluster).
+os.environ.setdefault("EDGESAM_ONNX_CACHE", tempfile.mkdtemp(prefix="edgesam-onnx-cache-"))
 
 REPO = Path(__file__).resolve().parent.parent
 MANIFEST = REPO.parent / "shared" / "reference" / "edgesam_state_dict_manifest.json"

@@ -352,3 +352,33 @@ def test_cli_random_export(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "edgesam.export", "--random", "--img-size", "100", "--out", str(out)],
                          capture_output=True, text=True, cwd=REPO, timeout=120)
     assert bad.returncode == 2 and "multiple of 64" in bad.stderr
+
+
+def test_cached_export_is_keyed_by_weights_and_made_once(tmp_path):
+    """Two racing callers get one export; changed weights get another folder; the key ignores nothing."""
+    import threading
+
+    from edgesam.export.cache import cached_export, weights_key
+
+    torch.manual_seed(0)
+    model = EdgeSAM(256).eval()
+    torch.manual_seed(0)
+    twin = EdgeSAM(256).eval()
+    assert weights_key(model, 256) == weights_key(twin, 256) != weights_key(model, 512)
+    with torch.no_grad():
+        twin.mask_decoder.iou_prediction_head.layers[0].bias[0] += 1e-3
+    assert weights_key(model, 256) != weights_key(twin, 256)
+
+    got: list = []
+    threads = [threading.Thread(target=lambda: got.append(cached_export(model, tmp_path, "random"))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 2 and got[0] == got[1]
+    meta = json.loads((got[0] / "export_meta.json").read_text())
+    assert meta["random_weights"] is True and meta["img_size"] == 256
+    other = cached_export(twin, tmp_path, "random")
+    assert other != got[0]
+    folders = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
+    assert folders == sorted([got[0].name, other.name])  # no temporary folders left behind

@@ -90,7 +90,7 @@ def test_healthz_reports_model_and_weights(server, checkpoint):
     assert h["weights"] == "checkpoint" and checkpoint.name in h["model"] and "sha256=" in h["model"]
     assert h["warning"] is None
     assert h["img_size"] == IMG and h["auth"] is True
-    assert h["backend"]["encoder"].startswith("torch-cpu")
+    assert h["backend"]["encoder"].startswith("onnxruntime-cpu")  # auto on CPU: the checkpoint, exported once
     assert h["batching"]["encoder"]["max_batch_size"] == 4 and h["batching"]["decoder"]["max_batch_size"] == 8
     assert h["cache"]["capacity"] == 4
     assert h["everything"] == "EverythingGenerator(mode=grid)"  # auto: the random student has no RPN
@@ -451,9 +451,10 @@ def test_api_key_enforced_on_model_endpoints(server, coffee):
         assert requests.get(server.url + path, timeout=30).status_code == 200
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(120)
 def test_backend_selection_and_weight_reporting(tmp_path, checkpoint):
-    """No Ray: auto -> onnxruntime when onnx_dir is given, torch otherwise; random weights always flagged."""
+    """No Ray. auto on CPU -> onnxruntime: onnx_dir as given, a checkpoint or random model through a cached
+    export (made once, reused); torch on request; random weights always flagged."""
     from edgesam.export.onnx_export import export_all
     from serve.config import ModelSection
     from serve.model import load_backends
@@ -461,18 +462,27 @@ def test_backend_selection_and_weight_reporting(tmp_path, checkpoint):
     torch.manual_seed(0)
     export_all(EdgeSAM(IMG).eval(), tmp_path / "onnx", checkpoint_sha256="random")
     x = np.random.default_rng(0).standard_normal((1, 3, IMG, IMG)).astype(np.float32)
+    cache = tmp_path / "cache"
     ort = load_backends(ModelSection(img_size=IMG, onnx_dir=str(tmp_path / "onnx"), threads=1), with_rpn=True)
-    rnd = load_backends(ModelSection(img_size=IMG, seed=0, threads=1), with_rpn=True)
-    ckpt = load_backends(ModelSection(img_size=IMG, checkpoint=str(checkpoint), threads=1))
-    (ort_enc, ort_info), (rnd_enc, rnd_info), (ckpt_enc, ckpt_info) = [(b.encoder, b.info) for b in (ort, rnd, ckpt)]
-    assert ort.rpn is None and rnd.rpn is None  # no RPN in these models -> everything mode "auto" is the grid
-    assert ort_info.backend == "onnxruntime-cpu/onnxruntime-cpu" and ort_info.weights == "random" and ort_info.warning
-    assert rnd_info.backend == "torch-cpu/torch-cpu" and rnd_info.weights == "random" and rnd_info.warning
-    assert ckpt_info.weights == "checkpoint" and ckpt_info.warning is None
-    np.testing.assert_allclose(ort_enc(x), rnd_enc(x), atol=1e-3)  # same seed, two runtimes
-    assert np.abs(ckpt_enc(x) - rnd_enc(x)).max() > 1e-2  # a different (seed 123) model
-    with pytest.raises(ValueError, match="needs model.onnx_dir"):
-        load_backends(ModelSection(img_size=IMG, backend="onnxruntime"))
+    rnd = load_backends(ModelSection(img_size=IMG, seed=0, threads=1, export_cache_dir=str(cache)), with_rpn=True)
+    tch = load_backends(ModelSection(img_size=IMG, seed=0, threads=1, backend="torch"), with_rpn=True)
+    ckpt = load_backends(ModelSection(img_size=IMG, checkpoint=str(checkpoint), threads=1, export_cache_dir=str(cache)))
+    assert ort.rpn is None and rnd.rpn is None and tch.rpn is None  # no RPN here -> everything mode "auto" is the grid
+    assert ort.info.backend == "onnxruntime-cpu/onnxruntime-cpu" and ort.info.weights == "random" and ort.info.warning
+    assert rnd.info.backend == "onnxruntime-cpu/onnxruntime-cpu" and rnd.info.weights == "random" and rnd.info.warning
+    assert tch.info.backend == "torch-cpu/torch-cpu" and tch.info.weights == "random" and tch.info.warning
+    assert ckpt.info.backend.startswith("onnxruntime-cpu") and ckpt.info.weights == "checkpoint"
+    assert ckpt.info.warning is None and checkpoint.name in ckpt.info.identity
+    exported = sorted(p for p in cache.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert len(exported) == 2 and {ckpt.info.meta["onnx_dir"], rnd.info.meta["onnx_dir"]} == {str(p) for p in exported}
+    np.testing.assert_allclose(ort.encoder(x), tch.encoder(x), atol=1e-3)  # same seed, two runtimes
+    np.testing.assert_allclose(rnd.encoder(x), tch.encoder(x), atol=1e-3)
+    assert np.abs(ckpt.encoder(x) - rnd.encoder(x)).max() > 1e-2  # a different (seed 123) model
+    # the export is made once: a second load reuses the folder untouched
+    stamp = {p: p.stat().st_mtime_ns for p in exported[0].iterdir()}
+    again = load_backends(ModelSection(img_size=IMG, checkpoint=str(checkpoint), threads=1, export_cache_dir=str(cache)))
+    assert again.info.meta["onnx_dir"] == ckpt.info.meta["onnx_dir"]
+    assert {p: p.stat().st_mtime_ns for p in exported[0].iterdir()} == stamp
     with pytest.raises(ValueError, match="takes 256px inputs"):
         load_backends(ModelSection(img_size=512, onnx_dir=str(tmp_path / "onnx")))
 
