@@ -45,17 +45,22 @@ def decode_b64_image(text: object, max_bytes: int, field: str = "image_b64") -> 
     if _URL_RE.match(text):
         raise RequestError(f"{field} looks like a URL; this server never fetches URLs: send the image bytes "
                            "base64-encoded or upload the file", 400)
-    text = _DATA_URI_RE.sub("", text, count=1).strip()
+    data = _b64_bytes(_DATA_URI_RE.sub("", text, count=1), field, max_bytes)
+    check_image_bytes(data, max_bytes)
+    return data
+
+
+def _b64_bytes(text: str, field: str, max_bytes: int) -> bytes:
+    """Strict base64 -> bytes, refusing an empty field (422) or more than ``max_bytes`` (413, before decoding)."""
+    text = text.strip()
     if not text:
         raise RequestError(f"{field} is empty", 422)
     if len(text) * 3 // 4 > max_bytes + 3:
         raise RequestError(f"{field} decodes to more than the limit of {max_bytes} bytes", 413)
     try:
-        data = base64.b64decode(text, validate=True)
+        return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as e:
         raise RequestError(f"{field} is not valid base64: {e}", 400) from None
-    check_image_bytes(data, max_bytes)
-    return data
 
 
 def check_image_bytes(data: bytes, max_bytes: int) -> None:
@@ -126,15 +131,7 @@ def decode_npy_b64(text: object, field: str, max_bytes: int, shapes: tuple[tuple
     """
     if not isinstance(text, str):
         raise RequestError(f"{field} must be a base64 string, got {type(text).__name__}", 422)
-    text = text.strip()
-    if not text:
-        raise RequestError(f"{field} is empty", 422)
-    if len(text) * 3 // 4 > max_bytes + 3:
-        raise RequestError(f"{field} decodes to more than the limit of {max_bytes} bytes", 413)
-    try:
-        data = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise RequestError(f"{field} is not valid base64: {e}", 400) from None
+    data = _b64_bytes(text, field, max_bytes)
     if len(data) > max_bytes:
         raise RequestError(f"{field} is {len(data)} bytes, over the limit of {max_bytes}", 413)
     if not data.startswith(NPY_MAGIC):
