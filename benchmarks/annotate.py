@@ -117,8 +117,8 @@ def _f(v: float | None, fmt: str = ".3f") -> str:
 def render(cmd: str, info: dict, n: int, seed: int, checkpoint: Path, results: list[dict], extra: list[str]) -> str:
     loads = [x for r in results for x in r["loads"]]
     lines = [f"Command: `{cmd}`", "",
-             f"Machine: {info['cpu']}, {info['logical_cpus']} logical CPUs (shared), 1 torch thread in the single actor "
-             f"(`compute.num_cpus=0.5`); torch {info['torch']}, Python {info['python']}; {info['date']}; 1-min load "
+             f"Machine: {info['cpu']}, {info['logical_cpus']} logical CPUs (shared); one actor with 1 torch thread "
+             f"(`compute.num_cpus=0.5`{', unless the extra overrides change it' if extra else ''}); torch {info['torch']}, Python {info['python']}; {info['date']}; 1-min load "
              f"average {min(loads):.2f}-{max(loads):.2f} before/after the runs.", "",
              f"Model: `{checkpoint}`, the synthetic-gt student (`python pipelines/distill.py --config synthetic-gt`: "
              "step 1 against a RANDOM tiny teacher, step 2 trained on the GT masks, step 3 the RPN; 256 px), torch "

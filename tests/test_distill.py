@@ -34,6 +34,16 @@ def _checkpoints(run_dir: Path) -> list[Path]:
     return sorted(run_dir.glob("checkpoint_*"))
 
 
+def _registered_checkpoints(run_dir: Path) -> int:
+    """Checkpoints the Train controller has registered (its snapshot file), not merely written to disk:
+    a worker killed between the two restarts from scratch."""
+    try:
+        snap = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+    except (OSError, ValueError):
+        return 0
+    return len(snap.get("checkpoint_results") or [])
+
+
 def _state(done_marker: Path) -> dict:
     ckpt = Path(json.loads(done_marker.read_text())["checkpoint"])
     return torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
@@ -112,9 +122,9 @@ def test_killed_worker_restarts_from_checkpoint(tmp_path):
     run_dir = tmp_path / "runs" / "ft-encoder_kd"
     pid_file = tmp_path / "seen" / "encoder_kd-rank0.pid"
     deadline = time.time() + 300
-    while time.time() < deadline and len(_checkpoints(run_dir)) < 2 and proc.poll() is None:
+    while time.time() < deadline and _registered_checkpoints(run_dir) < 2 and proc.poll() is None:
         time.sleep(0.2)
-    assert _checkpoints(run_dir), "no checkpoint before the deadline"
+    assert _registered_checkpoints(run_dir), "no registered checkpoint before the deadline"
     time.sleep(1)
     victim = int(pid_file.read_text().split()[0])
     os.kill(victim, signal.SIGKILL)

@@ -271,3 +271,15 @@ def test_eval_matches_hand_computation():
     r = evaluate_everything([{"id": 1, "height": 100, "width": 100, "gt": poly,
                               "pred": [{"segmentation": encode_mask(gts[0]), "score": 1.0}]}])
     assert r["recall@0.75"] == 1.0 and r["box_recall@0.5"] is None
+
+
+def test_ranking_score_options():
+    from edgesam.inference.everything import EverythingConfig, _score
+
+    assert _score("stability", 0.9, 0.5, 0.4) == 0.9
+    assert _score("iou", 0.9, 0.5, 0.4) == 0.5
+    assert _score("iou*stability", 0.9, 0.5, 0.4) == pytest.approx(0.45)
+    assert _score("rpn*stability", 0.9, 0.5, 0.4) == pytest.approx(0.36)
+    assert _score("rpn*stability", 0.9, 0.5, None) == 0.9  # grid mode has no proposal score
+    with pytest.raises(ValueError):
+        EverythingConfig(score="area")

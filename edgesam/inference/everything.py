@@ -67,6 +67,9 @@ class EverythingConfig(StrictModel):
     crop_nms_iou: float = Field(0.7, gt=0, le=1)
     max_masks: int = Field(1000, ge=1)
     upsample_chunk: int = Field(8, ge=1)  # masks upsampled to the original size at once (memory bound)
+    # ranking score (NMS order, output order, COCO score): the stability score (EdgeSAM does not distil the IoU
+    # head), the IoU head (a student trained on GT masks, step2.mask_target), or their product
+    score: Literal["stability", "iou", "iou*stability", "rpn*stability"] = "stability"
 
     def outputs_per_prompt(self) -> int:
         return self.num_outputs if self.num_outputs is not None else (1 if self.mode == "rpn" else 3)
@@ -158,6 +161,17 @@ def candidates_from_logits(logits: np.ndarray, iou: np.ndarray, cfg: EverythingC
                         "rle": rles[j] if full else U.uncrop_rle(rles[j], crop_box, orig_hw),
                         "stability": float(stab[r[j], c[j]]), "iou": float(it[r[j], c[j]])})
     return out
+
+
+def _score(kind: str, stability: float, iou: float, rpn: float | None) -> float:
+    """The ranking score of a mask; "rpn*stability" falls back to the stability score in grid mode."""
+    if kind == "iou":
+        return iou
+    if kind == "iou*stability":
+        return iou * stability
+    if kind == "rpn*stability" and rpn is not None:
+        return rpn * stability
+    return stability
 
 
 # -- the generator ---------------------------------------------------------------------------------------
@@ -287,7 +301,8 @@ class EverythingGenerator:
             for c in candidates_from_logits(logits, iou, cfg, input_hw, crop_hw, self.img_size, crop_box, image.shape[:2]):
                 n = sl.start + c["prompt"]
                 cands["rles"].append(c["rle"])
-                cands["score"].append(c["stability"])
+                cands["score"].append(_score(cfg.score, c["stability"], c["iou"],
+                                             None if prompt_score is None else float(prompt_score[n])))
                 cands["stability"].append(c["stability"])
                 cands["iou"].append(c["iou"])
                 cands["point"].append([float(v) for v in points[n]])
