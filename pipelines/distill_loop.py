@@ -102,11 +102,14 @@ def decode_batch(table: pa.Table, img_size: int, device: torch.device, max_promp
             for r in pylist]
     prompts, gt_masks = [], []
     for r in rows:
-        k = len(r["boxes"])
+        pool = torch.arange(len(r["boxes"]))
+        if with_gt_masks:  # annotations without a mask (a COCO box-only record) cannot be GT targets
+            pool = torch.tensor([i for i in range(len(r["boxes"])) if r["rles"][i]], dtype=torch.long)
+        k = len(pool)
         if k > max_prompts:  # with replacement, as the reference does
-            idx = torch.from_numpy(rng.integers(0, k, max_prompts))
+            idx = pool[torch.from_numpy(rng.integers(0, k, max_prompts))]
         else:
-            idx = torch.arange(k)
+            idx = pool
         prompts.append({"boxes": r["boxes"][idx].to(device), "points": r["points"][idx].to(device)})
         if with_gt_masks:
             h, w = r["orig_hw"]

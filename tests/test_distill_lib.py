@@ -418,3 +418,10 @@ def test_decode_batch_gt_masks_match_the_scene():
             assert abs(xs.min().item() * 4 - box[0].item()) <= 6 and abs(ys.max().item() * 4 + 4 - box[3].item()) <= 6
     plain = decode_batch(pa.Table.from_pylist(rows), S, torch.device("cpu"), 3, np.random.default_rng(0))
     assert "gt_masks" not in plain
+    # an annotation without a mask is never a GT target; the others still are
+    rows[0]["gt_rles"] = [""] + rows[0]["gt_rles"][1:]
+    part = decode_batch(pa.Table.from_pylist(rows), S, torch.device("cpu"), max_prompts=8,
+                        rng=np.random.default_rng(0), with_gt_masks=True)
+    k0 = len(rows[0]["gt_rles"])
+    assert len(part["prompts"][0]["boxes"]) == k0 - 1 == len(part["gt_masks"][0])
+    assert not (part["prompts"][0]["boxes"] == torch.tensor(rows[0]["gt_boxes"][:4])).all(1).any()
