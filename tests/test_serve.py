@@ -487,6 +487,33 @@ def test_backend_selection_and_weight_reporting(tmp_path, checkpoint):
         load_backends(ModelSection(img_size=512, onnx_dir=str(tmp_path / "onnx")))
 
 
+@pytest.mark.timeout(120)
+def test_auto_backend_exports_the_rpn_with_the_checkpoint(tmp_path):
+    """A checkpoint with an RPN served by ONNX Runtime (auto): rpn.onnx comes with the cached export and its
+    proposals equal the torch RPN's."""
+    from edgesam.inference.everything import OrtRpnEncoder, TorchRpnEncoder
+    from edgesam.models import save_student
+    from edgesam.models.rpn import build_rpn
+    from serve.config import ModelSection
+    from serve.model import load_backends
+
+    torch.manual_seed(7)
+    model = EdgeSAM(IMG).eval()
+    model.rpn = build_rpn(model.image_encoder.feature_channels, width=32, num_convs=1).eval()
+    ckpt = save_student(model, tmp_path / "rpn_student.pt")
+    ort = load_backends(ModelSection(img_size=IMG, checkpoint=str(ckpt), threads=1,
+                                     export_cache_dir=str(tmp_path / "cache")), with_rpn=True)
+    tch = load_backends(ModelSection(img_size=IMG, checkpoint=str(ckpt), threads=1, backend="torch"), with_rpn=True)
+    assert isinstance(ort.rpn, OrtRpnEncoder) and isinstance(tch.rpn, TorchRpnEncoder)
+    assert (Path(ort.info.meta["onnx_dir"]) / "rpn.onnx").is_file() and ort.info.weights == "checkpoint"
+    x = np.random.default_rng(1).standard_normal((1, 3, IMG, IMG)).astype(np.float32)
+    (e1, b1, s1), (e2, b2, s2) = ort.rpn(x), tch.rpn(x)
+    np.testing.assert_allclose(e1, e2, atol=1e-3)
+    np.testing.assert_allclose(s1, s2, atol=1e-3)
+    top = np.argsort(-s2[0])[:50]  # the proposals that matter; boxes are in pixels
+    np.testing.assert_allclose(b1[0][top], b2[0][top], atol=0.5)
+
+
 @pytest.mark.timeout(30)
 def test_serve_config_yaml_matches_ray_schema_and_app():
     from ray.serve.schema import ServeDeploySchema

@@ -73,7 +73,10 @@ def save_student(model: EdgeSAM, path: str | Path, meta: dict | None = None) -> 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
+    meta = dict(meta or {})
+    if model.rpn is not None and "rpn_config" not in meta and hasattr(model.rpn, "build_config"):
+        meta["rpn_config"] = model.rpn.build_config  # the head's shape: load_student rebuilds it from this
     torch.save({"model": core_state_dict(model), "rpn": model.rpn.state_dict() if model.rpn is not None else None,
-                "meta": meta or {}}, tmp)
+                "meta": meta}, tmp)
     tmp.replace(path)
     return path

@@ -275,9 +275,12 @@ def build_rpn(feature_channels: dict[str, int], **cfg) -> RPN:
     ``gn_groups``, ``size_ranges``, ``center_radius``, ``focal_alpha``, ``focal_gamma``, ``box_weight``,
     ``prior_prob``, ``max_log_ltrb``); they are stored in checkpoints as ``meta["rpn_config"]``.
     """
+    config = dict(cfg)  # as given (JSON-able): save_student records it so load_student rebuilds the same head
     if "size_ranges" in cfg and cfg["size_ranges"] is not None:
         cfg = {**cfg, "size_ranges": tuple(cfg["size_ranges"])}
-    return RPN(dict(feature_channels), **cfg)
+    rpn = RPN(dict(feature_channels), **cfg)
+    rpn.build_config = config
+    return rpn
 
 
 def train_rpn_step(rpn: RPN, encoder_features: dict[str, torch.Tensor], gt_boxes: Sequence[torch.Tensor],
