@@ -214,6 +214,20 @@ def test_worker_onnx_and_checkpoint_branches(tmp_path):
     preflight(cfg)
     worker = AnnotateWorker(cfg.model_dump(mode="json"), str(tmp_path / "out_rpn_ckpt"))
     assert worker.label(item)["status"] == "labelled" and worker.gen.stats["decoder_calls"] == 1
+    # the same checkpoint through ONNX Runtime (exported once into the cache): the same proposals and masks
+    cfg = load_config(AnnotateConfig, "annotate", [*OVERRIDES, f"model.checkpoint={with_rpn}",
+                                                   "model.backend=onnxruntime", f"model.export_cache_dir={tmp_path / 'cache'}"])
+    ort_worker = AnnotateWorker(cfg.model_dump(mode="json"), str(tmp_path / "out_rpn_ort"))
+    assert ort_worker.gen.decoder.name.startswith("onnxruntime") and ort_worker.gen.rpn.name.startswith("onnxruntime")
+    assert ort_worker.label(item)["status"] == "labelled"
+    np.testing.assert_allclose(ort_worker.gen.last_proposals, worker.gen.last_proposals, atol=0.5)
+    a = json.loads(part_path(tmp_path / "out_rpn_ort", 7).read_text())
+    b = json.loads(part_path(tmp_path / "out_rpn_ckpt", 7).read_text())
+    assert len(a["annotations"]) == len(b["annotations"])
+    with pytest.raises(ValueError, match="backend=torch"):
+        AnnotateWorker(load_config(AnnotateConfig, "annotate", [*OVERRIDES, f"model.onnx_dir={onnx_dir}",
+                                                                "model.backend=torch"]).model_dump(mode="json"),
+                       str(tmp_path / "out_bad"))
 
     plain = EdgeSAM(S).eval()
     ckpt = save_student(plain, tmp_path / "plain.pt", meta={})
