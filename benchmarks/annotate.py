@@ -1,7 +1,7 @@
 """Bulk auto-annotation end to end: the real Ray Data pipeline on a held-out folder with exact GT, speed and quality.
 
     python benchmarks/annotate.py [--images 24] [--seed 3] [--checkpoint runs/synthetic-gt/student.pt] \
-        [--modes rpn,grid] [--timeout 900] [--work DIR] [--out BENCHMARKS.md] [--json PATH] [key=value ...]
+        [--modes rpn,grid,rpn-ort] [--timeout 900] [--work DIR] [--out BENCHMARKS.md] [--json PATH] [key=value ...]
 
 1. Writes ``--images`` images of the synthetic SA-1B-format set (``sa1b_record(seed, i, (192, 320))``; the
    training set uses seed 0, so with the default seed 3 none was trained on) as ``WORK/imgs/sa_<i>.jpg`` and a
@@ -122,7 +122,7 @@ def render(cmd: str, info: dict, n: int, seed: int, checkpoint: Path, results: l
              f"average {min(loads):.2f}-{max(loads):.2f} before/after the runs.", "",
              f"Model: `{checkpoint}`, the synthetic-gt student (`python pipelines/distill.py --config synthetic-gt`: "
              "step 1 against a RANDOM tiny teacher, step 2 trained on the GT masks, step 3 the RPN; 256 px), torch "
-             f"eager on CPU, S = 256. Images: {n} held-out images of the synthetic SA-1B-format set (seed {seed}, long "
+             f"eager on CPU (`-ort` rows: ONNX Runtime via `model.backend=onnxruntime`, the checkpoint exported once), S = 256. Images: {n} held-out images of the synthetic SA-1B-format set (seed {seed}, long "
              f"side {SIZE_RANGE[0]}-{SIZE_RANGE[1]} px, JPEG; training used seed 0), GT = their exact instance masks.", "",
              "Each mode runs `python pipelines/annotate.py --input imgs --output out_<mode> model.checkpoint=... "
              + " ".join(BASE_OVERRIDES) + " everything.mode=<mode>" + (" " + " ".join(extra) if extra else "")
@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, default=24)
     p.add_argument("--seed", type=int, default=3, help="synthetic set seed (training used 0)")
     p.add_argument("--checkpoint", type=Path, default=Path("runs/synthetic-gt/student.pt"))
-    p.add_argument("--modes", default="rpn,grid", help="comma list; each run gets everything.mode=<mode>")
+    p.add_argument("--modes", default="rpn,grid,rpn-ort",
+                   help="comma list; each run gets everything.mode=<mode> (torch); <mode>-ort adds model.backend=onnxruntime")
     p.add_argument("--timeout", type=float, default=900, help="seconds per pipeline run")
     p.add_argument("--work", type=Path, default=None, help="folder for images, GT and outputs (default: a temp dir)")
     p.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
@@ -166,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     cmd = "python benchmarks/annotate.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    if not modes or any(m not in ("rpn", "grid") for m in modes):
-        p.error("--modes must list rpn and/or grid")
+    if not modes or any(m.split("-")[0] not in ("rpn", "grid") or m.split("-")[1:] not in ([], ["ort"]) for m in modes):
+        p.error("--modes must list rpn, grid, rpn-ort and/or grid-ort (-ort: model.backend=onnxruntime)")
     if not args.checkpoint.is_file():
         p.error(f"checkpoint not found: {args.checkpoint}")
     work = args.work or Path(tempfile.mkdtemp(prefix="annotate-bench-"))
@@ -179,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info(1)
     results = []
     for mode in modes:
-        r = run_pipeline(work / "imgs", work / f"out_{mode}", checkpoint, [f"everything.mode={mode}", *args.overrides],
+        backend = ["model.backend=onnxruntime"] if mode.endswith("-ort") else []
+        r = run_pipeline(work / "imgs", work / f"out_{mode}", checkpoint,
+                         [f"everything.mode={mode.split('-')[0]}", *backend, *args.overrides],
                          args.timeout)
         r["mode"] = mode
         if r["summary"] is not None:
