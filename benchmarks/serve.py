@@ -212,15 +212,16 @@ Setup: one private local Ray cluster per row group ({args.ray_cpus} CPUs), app o
 
 Encoder throughput factor from dynamic batching at {top} clients (req/s with max_batch_size {max(r['max_batch_size'] for r in results)} / with 1): **{enc_factor}x**; decoder (/v1/segment): {seg_factor}x.
 
-Batches actually formed (from `/healthz`; compute = time inside the batched model call / items):
+Batches actually formed (from `/healthz`; compute = time inside the batched call / items; for the encoder that
+includes the resize/normalise/pad, which runs in the batch just before the model call):
 {hist}
 
 The exported encoder has a dynamic batch axis, so a formed batch is one ONNX Runtime call. On CPU the
 encoder is compute-bound and already uses every core: a batch of B images costs nearly B single images
 (in isolation 0.166 s per image at B=1, 0.155 s at B=4, 0.171 s at B=8 on these cores), so the encoder gain
-is small and comes from overlapping per-request work (decode, resize, Serve handoffs) with the model call.
-Batches also stay small because image decoding, preprocessing and the ingress share the same 2 cores with
-the encoder, so requests reach the queue only as fast as that starved work allows. The decoder gains more:
+is small: it comes from fewer, slightly cheaper ONNX Runtime calls and from the ingress's work (HTTP, JPEG
+decoding, Serve handoffs) overlapping a batch. Batches stay small because the ingress shares the same 2 cores
+with the encoder, so requests reach the queue only as fast as that starved work allows. The decoder gains more:
 merged requests share one call and its fixed per-call overhead. On a GPU one call over B inputs costs far
 less than B calls, which is where the encoder factor is expected to be large (no GPU was lent to this task,
 so it is not measured here). Figures from a run with another job on the machine are not comparable.

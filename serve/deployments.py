@@ -5,9 +5,11 @@ Replica options (replicas, autoscaling, CPUs/GPUs, ``max_ongoing_requests``) are
 changed live through ``user_config`` (``{"max_batch_size": n, "batch_wait_timeout_s": t}``).
 
 Model calls run on one dedicated thread per replica (:class:`_ModelThread`) so the event loop keeps
-accepting and preprocessing requests (on the default executor) while a batch computes, and a model
-call never queues behind preprocessing; with ``max_concurrent_batches=1`` at most one batch runs at a
-time, which is what a single CPU/GPU model wants (GPU runtimes also prefer one calling thread).
+accepting requests while a batch computes; with ``max_concurrent_batches=1`` at most one batch runs at a
+time, which is what a single CPU/GPU model wants (GPU runtimes also prefer one calling thread). The
+encoder's resize/normalise/pad runs in that thread too, just before the batch's encoder call: waiting
+requests queue as raw images, so batches fill rather than starving in preprocessing threads that compete
+with the model for the cores.
 """
 from __future__ import annotations
 
@@ -91,18 +93,27 @@ class ImageEncoder:
 
     async def encode(self, image: np.ndarray) -> dict[str, Any]:
         """-> {"embedding" (1,256,S/16,S/16), "input_hw" resized extent, "original_hw"}."""
-        image = np.array(image)  # arrays from Ray's object store are read-only; torch wants writable memory
-        x, input_hw = await asyncio.to_thread(preprocess, image, self.img_size)
-        emb = await self._encode_batch(x[0].numpy())
+        emb, input_hw = await self._encode_batch(image)
         return {"embedding": emb[None], "input_hw": input_hw, "original_hw": (int(image.shape[0]), int(image.shape[1]))}
 
+    def _preprocess_and_encode(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, tuple[int, int]]]:
+        inputs, hws = [], []
+        for image in images:
+            # arrays from Ray's object store are read-only; torch wants writable memory
+            x, hw = preprocess(np.array(image), self.img_size)
+            inputs.append(x[0].numpy())
+            hws.append(hw)
+        return list(zip(self.encoder(np.stack(inputs)), hws))
+
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def _encode_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        """list of (3,S,S) normalised padded inputs -> list of (256,S/16,S/16): one encoder call."""
+    async def _encode_batch(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, tuple[int, int]]]:
+        """list of uint8 (H,W,3) RGB -> list of ((256,S/16,S/16), input_hw): resize/normalise/pad, then one
+        encoder call, all in the model thread. Queued requests wait as raw images, so on a busy CPU the
+        batches fill instead of preprocessing threads competing with the model for the cores."""
         t0 = time.perf_counter()
-        out = await self.model_thread.run(self.encoder, np.stack(images))
+        out = await self.model_thread.run(self._preprocess_and_encode, images)
         self.stats.add(len(images), time.perf_counter() - t0)
-        return list(out)
+        return out
 
     def info(self) -> dict[str, Any]:
         return {**self.model_info.as_dict(), "batching": self.batching, "stats": self.stats.as_dict()}
