@@ -93,10 +93,10 @@ def build_torch_model(cfg: ModelSection, fuse: bool | None = None) -> tuple[Edge
     deployment when ``fuse`` (default ``cfg.fuse``)."""
     if cfg.checkpoint:
         model, extras = load_student(cfg.checkpoint, img_size=cfg.img_size)
-        ident = f"edgesam:{Path(cfg.checkpoint).name}:sha256={_file_digest(Path(cfg.checkpoint))}"
-        info = ModelInfo(ident, "checkpoint", "torch", cfg.img_size, cfg.device,
-                         meta={k: v for k, v in (extras.get("meta") or {}).items()
-                               if isinstance(v, (str, int, float, bool))})
+        digest = _file_digest(Path(cfg.checkpoint))
+        info = ModelInfo(f"edgesam:{Path(cfg.checkpoint).name}:sha256={digest}", "checkpoint", "torch", cfg.img_size,
+                         cfg.device, meta={**{k: v for k, v in (extras.get("meta") or {}).items()
+                                              if isinstance(v, (str, int, float, bool))}, "checkpoint_sha256": digest})
     else:
         torch.manual_seed(cfg.seed)
         model = EdgeSAM(cfg.img_size).eval()
@@ -154,7 +154,7 @@ def _export_for_serving(cfg: ModelSection) -> tuple[ModelSection, ModelInfo]:
     from edgesam.export.cache import cached_export
 
     model, info = build_torch_model(cfg, fuse=False)  # the exporter fuses its own copy
-    sha = "random" if info.weights == "random" else info.identity.rsplit("sha256=", 1)[-1]
+    sha = info.meta.get("checkpoint_sha256", "random")
     onnx_dir = cached_export(model, cfg.export_cache_dir, checkpoint_sha256=sha)
     log.info("serving %s through ONNX exported at %s", info.identity, onnx_dir)
     return cfg.model_copy(update={"onnx_dir": str(onnx_dir)}), info

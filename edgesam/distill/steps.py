@@ -113,7 +113,7 @@ def prompt_kd_step(student: EdgeSAM, teacher_pd: PromptDecoder, images: torch.Te
 
     image_idx = torch.repeat_interleave(torch.arange(b, device=device), counts)
     s_emb = student_emb[image_idx]  # (N,256,h,w), gradients accumulate back per image
-    t_emb = teacher_emb.to(device, student_emb.dtype)[image_idx]
+    t_emb = teacher_emb.to(device, student_emb.dtype)[image_idx] if use_teacher else None  # gt: no teacher decode
     side = student_emb.shape[-1] * 4
     valid = decoder_valid_mask(input_hw, img_size, side, device=device)[image_idx]  # (N,1,H,W) soft
     valid_hard = valid[:, 0] > 0
@@ -145,7 +145,7 @@ def prompt_kd_step(student: EdgeSAM, teacher_pd: PromptDecoder, images: torch.Te
                                            bce_weight=bce_weight, dice_weight=dice_weight)
             total = total + (gt_weight if use_teacher else 1.0) * g_loss / decode_iters
             for k, v in g_parts.items():
-                gt_parts[k] = gt_parts.get(k, torch.zeros(())) + v.cpu() / decode_iters
+                gt_parts[k] = gt_parts.get(k, 0.0) + v / decode_iters  # stays on the device: no sync
         with torch.no_grad():
             if not use_teacher:
                 s_pick, t_pick = s_logits[:, 0], gt
