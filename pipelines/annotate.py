@@ -201,7 +201,7 @@ def preflight(cfg: AnnotateConfig) -> None:
         need = [ENCODER_FILE, DECODER_FILE] + ([RPN_ONNX_FILE] if mode == "rpn" else [])
         missing = [f for f in need if not (Path(m.onnx_dir) / f).is_file()]
         if missing:
-            hint = " (rpn.onnx: edgesam.models.rpn.export_rpn_onnx, or everything.mode=grid)" if RPN_ONNX_FILE in missing else ""
+            hint = " (rpn.onnx: edgesam.export.rpn_onnx.export_rpn_onnx, or everything.mode=grid)" if RPN_ONNX_FILE in missing else ""
             raise FileNotFoundError(f"model.onnx_dir {m.onnx_dir} lacks {', '.join(missing)}{hint}")
     elif m.checkpoint and mode == "rpn":
         import torch

@@ -188,7 +188,8 @@ def test_worker_onnx_and_checkpoint_branches(tmp_path):
 
     from edgesam.export.onnx_export import export_all
     from edgesam.models import EdgeSAM, save_student
-    from edgesam.models.rpn import build_rpn, export_rpn_onnx
+    from edgesam.export.rpn_onnx import export_rpn_onnx
+    from edgesam.models.rpn import build_rpn
     from pipelines.annotate import AnnotateConfig, AnnotateWorker, load_config, part_path, preflight
 
     img_path = tmp_path / "in" / "scene.png"

@@ -214,7 +214,7 @@ def test_rpn_mode_needs_an_rpn(model):
 def test_onnx_rpn_mode_matches_torch(model, scenes, tmp_path):
     pytest.importorskip("onnxruntime")
     from edgesam.export.onnx_export import export_all
-    from edgesam.models.rpn import export_rpn_onnx
+    from edgesam.export.rpn_onnx import export_rpn_onnx
 
     files = export_all(model, tmp_path)
     assert files["rpn"] == tmp_path / "rpn.onnx"  # a student with an RPN exports it beside encoder/decoder

@@ -160,7 +160,7 @@ def test_checkpoint_round_trip_with_rpn(tmp_path):
 def test_rpn_onnx_matches_torch(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     from edgesam.inference.everything import OrtRpnEncoder, TorchRpnEncoder
-    from edgesam.models.rpn import export_rpn_onnx
+    from edgesam.export.rpn_onnx import export_rpn_onnx
 
     torch.manual_seed(0)
     model = EdgeSAM(S).eval()

@@ -56,6 +56,7 @@ from torch import nn
 from ..models.teacher import sha256_file
 from ..models.edgesam import EdgeSAM
 from ..models.layers import fuse_for_deploy
+from ..models.bicubic import BicubicUpsample2x, bicubic_as_conv
 from ..models.prompt_decoder import PromptDecoder
 
 ENCODER_FILE = "encoder.onnx"
@@ -68,50 +69,6 @@ ENCODER_BATCH_AXIS = "batch"  # dim_param of the encoder's dynamic batch axis (i
 DECODER_INPUTS = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input")
 DECODER_OUTPUTS = ("scores", "masks")
 FP32_SCOPES_KEY = "edgesam.fp32_scopes"
-
-
-def _cubic_taps(t: float, a: float = -0.75) -> list[float]:
-    """Keys cubic-convolution weights of the 4 taps around a sample at fractional offset ``t``."""
-    def k(x: float) -> float:
-        x = abs(x)
-        if x <= 1:
-            return (a + 2) * x ** 3 - (a + 3) * x ** 2 + 1
-        return a * x ** 3 - 5 * a * x ** 2 + 8 * a * x - 4 * a if x < 2 else 0.0
-    return [k(t + 1), k(t), k(1 - t), k(2 - t)]
-
-
-class BicubicUpsample2x(nn.Module):
-    """Exactly ``F.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False)`` as convolutions.
-
-    With half-pixel centres, output 2i samples input i - 1/4 and output 2i+1 samples i + 1/4, so each of
-    the four output phases is a fixed 5x5 filter over a replicate-padded input (torch clamps border taps):
-    pad 2 -> depthwise conv with 4 filters per channel -> pixel shuffle (ONNX DepthToSpace).
-    (B,C,H,W) -> (B,C,2H,2W). ONNX Runtime's CPU cubic ``Resize`` kernel is ~10x slower than this.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        taps = torch.tensor([_cubic_taps(0.75) + [0.0], [0.0] + _cubic_taps(0.25)], dtype=torch.float64)  # (2,5)
-        self.register_buffer("weight", torch.einsum("pu,qv->pquv", taps, taps).reshape(4, 1, 5, 5).float())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c = int(x.shape[1])  # static channels: keeps the filter bank a constant when the batch axis is dynamic
-        y = nn.functional.conv2d(nn.functional.pad(x, (2, 2, 2, 2), mode="replicate"),
-                                 self.weight.repeat(c, 1, 1, 1), groups=c)
-        return nn.functional.pixel_shuffle(y, 2)
-
-
-def _bicubic_as_conv(module: nn.Module) -> int:
-    """Swap every x2 bicubic ``nn.Upsample`` (align_corners False) for :class:`BicubicUpsample2x`, in place."""
-    swapped = 0
-    for name, child in list(module.named_children()):
-        if (isinstance(child, nn.Upsample) and child.mode == "bicubic" and not child.align_corners
-                and child.size is None and float(child.scale_factor) == 2.0):
-            setattr(module, name, BicubicUpsample2x())
-            swapped += 1
-        else:
-            swapped += _bicubic_as_conv(child)
-    return swapped
 
 
 class OnnxPromptDecoder(nn.Module):
@@ -193,7 +150,7 @@ def export_encoder(model: EdgeSAM, path: str | Path, fuse: bool = True, opset: i
     if fuse:
         fuse_for_deploy(encoder)
     if cubic_as_conv:
-        _bicubic_as_conv(encoder)
+        bicubic_as_conv(encoder)
     s = model.img_size
     dynamic_axes = {"image": {0: ENCODER_BATCH_AXIS}, "image_embeddings": {0: ENCODER_BATCH_AXIS}}
     with torch.no_grad():  # batch 2, not 1: see the docstring
@@ -263,7 +220,7 @@ def export_all(model: EdgeSAM, out_dir: str | Path, fuse: bool = True, opset: in
     }
     files = {"encoder": enc, "decoder": dec}
     if getattr(model, "rpn", None) is not None:  # encoder + RPN graph for RPN-driven segment-everything
-        from ..models.rpn import export_rpn_onnx
+        from .rpn_onnx import export_rpn_onnx
 
         files["rpn"] = export_rpn_onnx(model, out / "rpn.onnx", opset=opset, fuse=fuse)
         meta["files"]["rpn"] = files["rpn"].name

@@ -27,9 +27,7 @@ number of positives), GIoU loss on decoded boxes weighted by centerness targets,
 """
 from __future__ import annotations
 
-import copy
 import math
-from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -321,40 +319,3 @@ class EncoderWithRPN(nn.Module):
 RPN_ONNX_FILE = "rpn.onnx"
 RPN_ONNX_INPUTS = ("image",)
 RPN_ONNX_OUTPUTS = ("image_embeddings", "rpn_boxes", "rpn_scores")
-
-
-def export_rpn_onnx(model: nn.Module, path: str | Path, opset: int = 17, fuse: bool = True) -> Path:
-    """Write ``rpn.onnx``: ``image`` (1,3,S,S) float32 normalised padded -> ``image_embeddings``
-    (1,256,S/16,S/16), ``rpn_boxes`` (1,L,4) XYXY S frame, ``rpn_scores`` (1,L) in [0,1].
-
-    ``model``: an EdgeSAM with ``model.rpn`` set. The encoder is deep-copied and RepVGG-fused first
-    (exact in eval), and the neck's bicubic x2 upsample is written as its exact conv form when the export
-    package provides it (fast in ONNX Runtime), as for ``encoder.onnx``.
-    """
-    import warnings
-
-    from .layers import fuse_for_deploy
-
-    if getattr(model, "rpn", None) is None:
-        raise ValueError("model has no RPN (model.rpn is None): train one with distillation step 3 first")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    encoder = copy.deepcopy(model.image_encoder).cpu().float().eval()
-    if fuse:
-        fuse_for_deploy(encoder)
-    try:  # same bicubic rewrite as encoder.onnx (edgesam.export owns it)
-        from ..export.onnx_export import _bicubic_as_conv
-
-        _bicubic_as_conv(encoder)
-    except ImportError:  # pragma: no cover - export package absent: ONNX Resize(cubic) is still exact
-        pass
-    wrapper = EncoderWithRPN(encoder, copy.deepcopy(model.rpn).cpu().float().eval()).eval()
-    s = int(model.img_size)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", category=UserWarning)
-        torch.onnx.export(wrapper, (torch.zeros(1, 3, s, s),), str(path), input_names=list(RPN_ONNX_INPUTS),
-                          output_names=list(RPN_ONNX_OUTPUTS), opset_version=opset, do_constant_folding=True,
-                          dynamo=False)
-    return path
