@@ -48,6 +48,7 @@ from pydantic import Field
 
 from edgesam.config import StrictModel, add_config_args, dump_config, load_config
 from edgesam.data.images import IMAGE_EXTENSIONS
+from edgesam.formats.export import ExportCfg, Formats, write_formats
 from edgesam.inference.everything import EverythingConfig
 
 PARTS = "parts"
@@ -87,6 +88,9 @@ class OutputCfg(StrictModel):
     overlays: bool = False
     overlay_max_side: int = Field(1024, ge=64)
     retry_skipped: bool = False
+    # coco_rle (annotations.json), coco_polygons, yolo, label_studio: see edgesam.formats.export
+    formats: Formats = Field(default_factory=lambda: ["coco_rle"])
+    export: ExportCfg = ExportCfg()
 
 
 class ComputeCfg(StrictModel):
@@ -433,7 +437,7 @@ def run_annotate(cfg: AnnotateConfig, input_dir: str | Path, output_dir: str | P
     coco, skipped = assemble(items, out_dir, identity)
     failed = [{"file_name": r["file_name"], "image_id": int(r["image_id"]), "status": "failed", "reason": r["reason"]}
               for r in rows if r["status"] == "failed"]
-    write_json_atomic(out_dir / COCO_FILE, coco)
+    outputs = write_formats(out_dir, coco, cfg.output.formats, cfg.output.export)
     write_json_atomic(out_dir / SKIPPED_FILE, skipped + failed, indent=2)
     labelled_now = [r for r in rows if r["status"] == "labelled"]
     summary = {
@@ -442,14 +446,14 @@ def run_annotate(cfg: AnnotateConfig, input_dir: str | Path, output_dir: str | P
         "labelled_this_run": len(labelled_now),
         "seconds_per_image": (float(np.mean([r["seconds"] for r in labelled_now])) if labelled_now else None),
         "wall_seconds": round(time.time() - t0, 2), "random_weights": bool(identity["weights"].get("random")),
-        "coco_json": str((out_dir / COCO_FILE).resolve()), "skipped_json": str((out_dir / SKIPPED_FILE).resolve())}
+        "coco_json": outputs.get("coco_rle"), "outputs": outputs, "skipped_json": str((out_dir / SKIPPED_FILE).resolve())}
     write_json_atomic(out_dir / SUMMARY_FILE, summary, indent=2)
     for s in skipped + failed:
         print(f"[annotate] {s['status']} {s['file_name']}: {s['reason']}")
     spi = f"{summary['seconds_per_image']:.2f} s/image" if summary["seconds_per_image"] is not None else "n/a s/image"
     print(f"[annotate] done: {summary['labelled']} images labelled ({summary['labelled_this_run']} this run, "
           f"{resumed} resumed), {summary['skipped']} skipped, {summary['failed']} failed, "
-          f"{summary['annotations']} annotations, {spi}, {summary['wall_seconds']} s -> {summary['coco_json']}", flush=True)
+          f"{summary['annotations']} annotations, {spi}, {summary['wall_seconds']} s -> {', '.join(outputs.values())}", flush=True)
     if summary["random_weights"]:
         print(RANDOM_WARNING, file=sys.stderr, flush=True)
     return summary

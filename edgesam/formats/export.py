@@ -1,0 +1,92 @@
+"""Writing an assembled annotation run in the formats chosen by ``output.formats`` (pipelines/annotate.py).
+
+The annotate driver assembles one COCO dict with RLE masks from the per-image parts; every format is written
+from it, so a resumed run rewrites them all consistently:
+
+* ``coco_rle``: ``annotations.json`` (today's output; the default);
+* ``coco_polygons``: ``annotations_polygons.json`` (:mod:`.coco_polygons`; holes filled);
+* ``yolo``: ``yolo/labels/<relative path>.txt`` per image plus ``yolo/data.yaml`` (:mod:`.yolo_seg`);
+* ``label_studio``: ``label_studio_tasks.json`` (:mod:`.label_studio_tasks`).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, Field
+
+from edgesam.config import StrictModel
+from edgesam.data.rle import decode_rle
+
+from .label_studio_tasks import LabelStudioTaskCfg
+
+ExportFormat = Literal["coco_rle", "coco_polygons", "yolo", "label_studio"]
+FILES = {"coco_rle": "annotations.json", "coco_polygons": "annotations_polygons.json", "yolo": "yolo",
+         "label_studio": "label_studio_tasks.json"}
+
+
+class ExportCfg(StrictModel):
+    """Options of the non-default formats."""
+
+    polygon_tolerance: float = Field(0.0, ge=0, description="cv2.approxPolyDP epsilon in pixels for polygons; "
+                                                             "0 keeps the pixel-exact outline")
+    label_studio: LabelStudioTaskCfg = LabelStudioTaskCfg()
+
+
+def check_formats(formats: list[str]) -> list[str]:
+    if not formats:
+        raise ValueError("output.formats must name at least one format")
+    if len(set(formats)) != len(formats):
+        raise ValueError(f"output.formats has duplicates: {formats}")
+    return formats
+
+
+# ``output.formats`` in a config class: ``formats: Formats = Field(default_factory=lambda: ["coco_rle"])``
+Formats = Annotated[list[ExportFormat], AfterValidator(check_formats)]
+
+
+def _write_json(path: Path, obj: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj))
+    os.replace(tmp, path)
+
+
+def _write_yolo(out_dir: Path, coco: dict, cfg: ExportCfg) -> None:
+    from .yolo_seg import mask_to_lines
+
+    root = out_dir / FILES["yolo"]
+    by_image: dict[int, list[dict]] = {}
+    for a in coco["annotations"]:
+        by_image.setdefault(a["image_id"], []).append(a)
+    for im in coco["images"]:
+        lines = [ln for a in by_image.get(im["id"], [])
+                 for ln in mask_to_lines(decode_rle(a["segmentation"]), 0, cfg.polygon_tolerance)]
+        path = (root / "labels" / im["file_name"]).with_suffix(".txt")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(ln + "\n" for ln in lines))
+    (root / "data.yaml").write_text("# YOLO segmentation labels from EdgeSAM auto-annotation (class-agnostic).\n"
+                                    "# labels/<path>.txt mirror the --input tree; point 'path' at a dataset root\n"
+                                    "# with images/ beside labels/ to train.\nnames:\n  0: object\n")
+
+
+def write_formats(out_dir: Path, coco: dict, formats: list[str], cfg: ExportCfg) -> dict[str, str]:
+    """Write ``coco`` (COCO dict, RLE masks) in each of ``formats`` under ``out_dir`` -> {format: path}."""
+    from .coco_polygons import coco_with_polygons
+    from .label_studio_tasks import tasks_from_coco
+
+    written = {}
+    for fmt in check_formats(list(formats)):
+        path = out_dir / FILES[fmt]
+        if fmt == "coco_rle":
+            _write_json(path, coco)
+        elif fmt == "coco_polygons":
+            _write_json(path, coco_with_polygons(coco, cfg.polygon_tolerance)[0])
+        elif fmt == "yolo":
+            _write_yolo(out_dir, coco, cfg)
+        else:
+            _write_json(path, tasks_from_coco(coco, cfg.label_studio, cfg.polygon_tolerance))
+        written[fmt] = str(path.resolve())
+    return written
