@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .cache import CacheEntry, EmbeddingCache
 from .codec import RequestError, content_hash, decode_b64_image, decode_image
 from .config import LimitsSection, ServeAppConfig, load_serve_config
+from .integrations import routers as integration_routers
 from .messages import DecodeRequest
 from .payloads import (image_body_openapi, read_image_payloads, summarise_errors, validate_mask_input,
                        validate_prompts)
@@ -98,6 +99,8 @@ api = FastAPI(
                 "Images travel as bytes or base64 only; URLs are never fetched. Errors are `{\"error\": ...}`.",
 )
 api.add_middleware(BodyLimitMiddleware)
+for _router in integration_routers():  # Label Studio, X-AnyLabeling, CVAT backends (serve/integrations)
+    api.include_router(_router)
 
 
 def _error(status: int, message: str) -> JSONResponse:

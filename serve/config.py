@@ -15,6 +15,8 @@ from pydantic import Field, model_validator
 
 from edgesam.config import CONFIG_DIR, StrictModel, load_config
 
+from .integrations.config import IntegrationsSection
+
 CONFIG_ENV = "EDGESAM_SERVE_CONFIG"
 DEFAULT_CONFIG = CONFIG_DIR / "serve.yaml"  # a path: the bare name "serve" would hit the serve/ package dir
 
@@ -153,6 +155,7 @@ class ServeAppConfig(StrictModel):
     cache: CacheSection = CacheSection()
     limits: LimitsSection = LimitsSection()
     auth: AuthSection = AuthSection()
+    integrations: IntegrationsSection = IntegrationsSection()
 
 
 def load_serve_config(name_or_path: str | Path | None = None, overrides: Sequence[str] = ()) -> ServeAppConfig:
