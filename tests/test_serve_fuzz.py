@@ -306,8 +306,12 @@ def test_fuzz_never_5xx_then_still_correct(server, scene, embedding_id):
         code = _check(r, f"mask_input #{k} {bad[:60]!r}")
         assert 400 <= code < 500, f"mask_input #{k} {bad[:60]!r} -> {code}: {r.text[:200]}"
         statuses[code] = statuses.get(code, 0) + 1
+    before = dict(statuses)
     for method, path, kw in _integration_cases(rng, scene["png"]):
         send(method, path, f"{method} {path} {str(kw)[:160]}", **kw)
+    integration = {k: v - before.get(k, 0) for k, v in statuses.items() if v - before.get(k, 0)}
+    print(f"fuzz: labelling-tool routes {sum(integration.values())} requests, statuses {dict(sorted(integration.items()))}")
+    assert sum(integration.values()) >= 90 and {401, 500} & set(integration) == set(), integration
     for method, path in [("GET", "/v1/segment"), ("PUT", "/v1/embeddings"), ("POST", "/nope"), ("GET", "/v1/samples/../x"),
                          ("DELETE", "/healthz"), ("POST", "/healthz"), ("GET", "/v1/samples/%00")]:
         send(method, path, f"{method} {path}")
