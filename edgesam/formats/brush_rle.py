@@ -15,7 +15,7 @@ pixel) packed with the ``@thi.ng/rle-pack`` bit format, and sends the packed byt
 single word as a literal chunk of one, as Label Studio's own Python converter does; :func:`decode_rle` reads
 any valid stream (also multi-word literal chunks). Masks go through :func:`mask_to_rle` /
 :func:`rle_to_mask` (all four channels 255 inside the mask, 0 outside; the alpha channel is read back).
-Both directions are vectorised with numpy except the block walk of the decoder.
+The encoder is vectorised with numpy; the decoder walks the blocks in Python (a few reads per run).
 """
 from __future__ import annotations
 
@@ -74,21 +74,21 @@ def encode_rle(words: np.ndarray, word_size: int = WORD_SIZE, rle_sizes: Sequenc
 
 
 class _Bits:
-    """MSB-first reader over a bit array with bounds checks."""
+    """MSB-first reader over bytes with bounds checks (reads of up to 32 bits, each from the few bytes it spans)."""
 
     def __init__(self, data: bytes) -> None:
-        self.bits = np.unpackbits(np.frombuffer(data, np.uint8))
+        self.data = data
+        self.size = 8 * len(data)
         self.pos = 0
 
     def read(self, n: int) -> int:
         end = self.pos + n
-        if end > self.bits.size:
+        if end > self.size:
             raise BrushRLEError("brush RLE is truncated")
-        value = 0
-        for b in self.bits[self.pos:end]:
-            value = (value << 1) | int(b)
+        first, last = self.pos >> 3, (end + 7) >> 3
+        chunk = int.from_bytes(self.data[first:last], "big")
         self.pos = end
-        return value
+        return (chunk >> (8 * last - end)) & ((1 << n) - 1)
 
 
 def _as_bytes(rle: object) -> bytes:
