@@ -88,9 +88,8 @@ class OutputCfg(StrictModel):
     overlays: bool = False
     overlay_max_side: int = Field(1024, ge=64)
     retry_skipped: bool = False
-    # coco_rle (annotations.json), coco_polygons, yolo, label_studio: see edgesam.formats.export
-    formats: Formats = Field(default_factory=lambda: ["coco_rle"])
-    export: ExportCfg = ExportCfg()
+    formats: Formats = Field(default_factory=lambda: ["coco_rle"])  # any of coco_rle, coco_polygons, yolo, label_studio
+    export: ExportCfg = ExportCfg()  # options of those formats (edgesam.formats.export)
 
 
 class ComputeCfg(StrictModel):

@@ -24,15 +24,15 @@ from .coco_polygons import mask_to_polygons
 class LabelStudioTaskCfg(StrictModel):
     """How ``label_studio_tasks.json`` refers to images and names its regions."""
 
-    kind: Literal["brush", "polygon"] = "brush"
+    kind: Literal["brush", "polygon"] = "brush"  # predictions as brushlabels (brush RLE) or polygonlabels
     image_prefix: str = Field("/data/local-files/?d=", description="prepended to each image's relative path: "
                               "Label Studio's local-files URL by default (set LOCAL_FILES_DOCUMENT_ROOT to --input's "
                               "parent), or an http(s)/s3 prefix")
-    data_key: str = "image"
-    from_name: str = "tag"
-    to_name: str = "image"
-    label: str = "object"
-    model_version: str = "edgesam"
+    data_key: str = "image"  # task data key: the labelling config's <Image value="$data_key">
+    from_name: str = "tag"  # name of the <BrushLabels>/<PolygonLabels> tag
+    to_name: str = "image"  # name of the <Image> tag
+    label: str = "object"  # the <Label value> every region gets (masks are class-agnostic)
+    model_version: str = "edgesam"  # predictions' model_version
 
 
 def _region_id() -> str:

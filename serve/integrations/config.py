@@ -18,12 +18,12 @@ class LabelStudioSection(StrictModel):
     ``$<api_key_env>``, default ``LABEL_STUDIO_API_KEY``).
     """
 
-    fetch_urls: bool = True
+    fetch_urls: bool = True  # download http(s) task image URLs; false: data: URIs only
     allowed_hosts: list[str] = Field(default_factory=list, description="empty: any host")
-    fetch_timeout_s: float = Field(10.0, gt=0, le=120)
-    url: str | None = None
-    api_key_env: str = "LABEL_STUDIO_API_KEY"
-    max_tasks: int = Field(16, ge=1, le=1024)
+    fetch_timeout_s: float = Field(10.0, gt=0, le=120)  # per download (connect and read)
+    url: str | None = None  # Label Studio's base URL for /data/... task URLs (else $LABEL_STUDIO_URL)
+    api_key_env: str = "LABEL_STUDIO_API_KEY"  # env var holding Label Studio's API token for its media
+    max_tasks: int = Field(16, ge=1, le=1024)  # tasks per /label-studio/predict request (413 beyond)
 
     def base_url(self) -> str | None:
         return (self.url or os.environ.get("LABEL_STUDIO_URL") or "").rstrip("/") or None
