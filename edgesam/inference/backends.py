@@ -55,6 +55,12 @@ class TorchDecoder:
                  mask_input: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         dev = self.device
         t = lambda a: torch.as_tensor(a, dtype=torch.float32, device=dev)  # noqa: E731
-        masks, iou = self.prompt_decoder(t(embedding), t(point_coords), t(point_labels),
+        masks, iou = self.decode_tensors(t(embedding), t(point_coords), t(point_labels),
                                          None if mask_input is None else t(mask_input))
         return masks.float().cpu().numpy(), iou.float().cpu().numpy()
+
+    @torch.inference_mode()
+    def decode_tensors(self, embedding: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor,
+                       mask_input: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """As ``__call__`` on tensors already on ``device``; the outputs stay there (no host round trip)."""
+        return self.prompt_decoder(embedding, point_coords, point_labels, mask_input)

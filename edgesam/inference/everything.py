@@ -1,11 +1,16 @@
-"""Segment everything: RPN proposals (or SAM's point grid) -> one batched decoder call -> filters -> mask NMS -> RLE.
+"""Segment everything: RPN proposals (or SAM's point grid) -> chunked decoder calls -> low-res filters and mask
+NMS -> kept masks resized once to the original size -> RLE.
 
 RPN mode (default), per image or crop:
     encoder + RPN in one pass (``RpnEncoderBackend``: embedding and decoded proposals) -> threshold, top-k,
-    class-agnostic box NMS (:func:`edgesam.models.rpn.select_proposals`) -> ONE decoder call with every
-    proposal as a box prompt (optionally plus its centre as a positive point) -> stability / IoU-head
-    filters on the low-res logits -> upsample survivors to the original size, area filter -> COCO RLE ->
-    mask NMS (RLE IoU, see ``amg_utils``).
+    class-agnostic box NMS (:func:`edgesam.models.rpn.select_proposals`) -> decoder calls of
+    ``decoder_chunk[device]`` proposals as box prompts (optionally plus the centre as a positive point) ->
+    stability / IoU-head filters and mask NMS on the low-res logits (:mod:`edgesam.inference.lowres_post`) ->
+    only the kept masks are resized (once, over their bounding box) to the original size and run-length
+    encoded, with area and bbox from the same pass -> area filter. Across crops: NMS on RLE IoU.
+    Torch backends (``decode_tensors``) keep the embedding and logits on their device (CUDA): token selection,
+    filters, NMS, resize and threshold run there and bit-packed boxes come back for RLE.
+    ``timings`` accumulates seconds per stage (encoder + RPN, decoder, post-processing).
 Grid mode: SAM's ``points_per_side``^2 single-point prompts in decoder calls of ``points_per_batch``, same
 filters and output, for comparison.
 
@@ -26,6 +31,7 @@ original-image pixels.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -34,11 +40,11 @@ import torch
 from pydantic import Field
 
 from ..config import StrictModel
-from ..data.transforms import ResizeLongestSide, preprocess, postprocess_masks
-from ..models.prompt_decoder import select_outputs, stability_score
+from ..data.transforms import ResizeLongestSide, preprocess
 from ..models.rpn import RPN_ONNX_FILE, RPN_ONNX_OUTPUTS, EncoderWithRPN, select_proposals
 from . import amg_utils as U
 from .backends import DecoderBackend, EncoderBackend
+from .lowres_post import LowRes, Upsampler, filter_lowres, lowres_boxes_in_crop, lowres_nms, masks_to_rles
 
 
 class EverythingConfig(StrictModel):
@@ -66,13 +72,21 @@ class EverythingConfig(StrictModel):
     crop_overlap_ratio: float = Field(512 / 1500, ge=0, lt=1)
     crop_nms_iou: float = Field(0.7, gt=0, le=1)
     max_masks: int = Field(1000, ge=1)
-    upsample_chunk: int = Field(8, ge=1)  # masks upsampled to the original size at once (memory bound)
+    upsample_chunk: int = Field(8, ge=1)  # unused since low-res post-processing (one bbox at a time); kept for configs
+    # prompts per decoder call, per device kind (memory bound: the decoder holds (N,256,64,64) activations; on CPU
+    # the cost per prompt is flat beyond ~16, on a GPU larger calls fill the device)
+    decoder_chunk: dict[str, int] = Field(default_factory=lambda: {"cpu": 16, "cuda": 256})
     # ranking score (NMS order, output order, COCO score): the stability score (EdgeSAM does not distil the IoU
     # head), the IoU head (a student trained on GT masks, step2.mask_target), or their product
     score: Literal["stability", "iou", "iou*stability", "rpn*stability"] = "stability"
 
     def outputs_per_prompt(self) -> int:
         return self.num_outputs if self.num_outputs is not None else (1 if self.mode == "rpn" else 3)
+
+    def chunk_for(self, device: str) -> int:
+        """Prompts per decoder call on ``device`` ("cpu", "cuda", "cuda:1", ...; unknown kinds use the CPU's)."""
+        kind = str(device).split(":", 1)[0]
+        return max(1, int(self.decoder_chunk.get(kind, self.decoder_chunk.get("cpu", 16))))
 
 
 # -- encoder + RPN backends ------------------------------------------------------------------------------
@@ -97,8 +111,12 @@ class TorchRpnEncoder:
 
     @torch.inference_mode()
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        x = torch.as_tensor(images, dtype=torch.float32, device=self.device)
-        return tuple(t.float().cpu().numpy() for t in self.module(x))  # type: ignore[return-value]
+        return tuple(t.float().cpu().numpy() for t in self.tensors(images))  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def tensors(self, images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """As ``__call__``, but torch tensors left on ``device`` (the embedding never visits the host)."""
+        return self.module(torch.as_tensor(images, dtype=torch.float32, device=self.device))
 
 
 class OrtRpnEncoder:
@@ -125,42 +143,54 @@ class OrtRpnEncoder:
         return emb, boxes, scores
 
 
-def candidates_from_logits(logits: np.ndarray, iou: np.ndarray, cfg: EverythingConfig, input_hw: tuple[int, int],
-                           crop_hw: tuple[int, int], img_size: int, crop_box: list[int] | None = None,
-                           orig_hw: tuple[int, int] | None = None) -> list[dict]:
-    """One decoder batch -> the masks that pass the filters, as RLEs in the original frame.
+def candidates_from_logits(logits: np.ndarray | torch.Tensor, iou: np.ndarray | torch.Tensor, cfg: EverythingConfig,
+                           input_hw: tuple[int, int], crop_hw: tuple[int, int], img_size: int,
+                           crop_box: list[int] | None = None, orig_hw: tuple[int, int] | None = None) -> list[dict]:
+    """One decoder batch -> the masks that pass the filters, as RLEs in the original frame (no NMS).
 
-    logits (N,4,S/4,S/4) low-res mask logits and iou (N,4) from the decoder; ``input_hw`` the resized extent of
-    the crop inside the S frame, ``crop_hw`` its original size, ``crop_box`` XYXY in the image of ``orig_hw``
-    (default: the whole image). Tokens are picked by ``cfg.outputs_per_prompt()``; filters: stability score
-    (low-res logits) >= ``stability_score_thresh``, IoU head >= ``pred_iou_thresh``, non-empty and
-    >= ``min_mask_area`` pixels at the original size, and (true crops only) not touching an inner crop edge.
-    Returns dicts {"prompt": index in the batch, "token": index among the selected tokens, "rle" (str counts,
-    original size), "stability", "iou"}, in prompt order.
+    logits (N,4,S/4,S/4) low-res mask logits and iou (N,4) from the decoder (numpy or torch, any device);
+    ``input_hw`` the resized extent of the crop inside the S frame, ``crop_hw`` its original size, ``crop_box``
+    XYXY in the image of ``orig_hw`` (default: the whole image). Tokens are picked by ``cfg.outputs_per_prompt()``;
+    filters: stability score (low-res logits, valid region) >= ``stability_score_thresh``, IoU head >=
+    ``pred_iou_thresh`` when that is > 0, non-empty and >= ``min_mask_area`` pixels at the original size, and
+    (true crops only) not touching an inner crop edge. Masks are resized once, low-res -> original
+    (:mod:`edgesam.inference.lowres_post`). Returns dicts {"prompt", "token" (index among the selected
+    tokens), "rle" (str counts, original size), "area", "bbox" (XYWH), "stability", "iou"}, in prompt order.
     """
+    del img_size  # the low-res frame is S/4 of it; kept in the signature for callers
     orig_hw = tuple(orig_hw or crop_hw)
     crop_box = list(crop_box) if crop_box is not None else [0, 0, orig_hw[1], orig_hw[0]]
-    full = crop_box == [0, 0, orig_hw[1], orig_hw[0]]
-    lt, it = select_outputs(torch.from_numpy(np.asarray(logits, np.float32)), torch.from_numpy(np.asarray(iou, np.float32)),
-                            cfg.outputs_per_prompt())
-    stab = stability_score(lt, cfg.mask_threshold, cfg.stability_score_offset)
-    ok = (stab >= cfg.stability_score_thresh) & (it >= cfg.pred_iou_thresh)
-    rows, cols = (t.numpy() for t in torch.nonzero(ok, as_tuple=True))
-    out: list[dict] = []
-    for sl in U.batches(len(rows), cfg.upsample_chunk):  # bounded memory: a few masks at the original size at once
-        r, c = rows[sl], cols[sl]
-        up = postprocess_masks(lt[r, c][:, None], input_hw, tuple(crop_hw), img_size)[:, 0] > cfg.mask_threshold
-        rles = U.masks_to_rles(up.numpy())
-        area, bbox = U.rle_area_bbox(rles)
-        good = (area > 0) & (area >= cfg.min_mask_area)
-        if not full:
-            xyxy = np.concatenate([bbox[:, :2], bbox[:, :2] + bbox[:, 2:]], axis=1)
-            good &= ~U.near_crop_edge(xyxy, crop_box, [0, 0, orig_hw[1], orig_hw[0]])
-        for j in np.nonzero(good)[0]:
-            out.append({"prompt": int(r[j]), "token": int(c[j]),
-                        "rle": rles[j] if full else U.uncrop_rle(rles[j], crop_box, orig_hw),
-                        "stability": float(stab[r[j], c[j]]), "iou": float(it[r[j], c[j]])})
+    lt, it = torch.as_tensor(logits), torch.as_tensor(iou)
+    c = filter_lowres(lt, it, cfg.outputs_per_prompt(), input_hw, cfg.mask_threshold, cfg.stability_score_offset,
+                      cfg.stability_score_thresh, cfg.pred_iou_thresh)
+    up = Upsampler(input_hw, crop_hw, lt.device)
+    c = _edge_filter(c, up, cfg, crop_box, orig_hw)
+    recs = masks_to_rles(c.logits, up, (crop_box[0], crop_box[1]), orig_hw, cfg.mask_threshold)
+    out = []
+    for j, (rle, area, bbox) in enumerate(recs):
+        if area > 0 and area >= cfg.min_mask_area:
+            out.append({"prompt": int(c.prompt[j]), "token": int(c.token[j]), "rle": rle, "area": area, "bbox": bbox,
+                        "stability": float(c.stability[j]), "iou": float(c.iou[j])})
     return out
+
+
+def _edge_filter(c: LowRes, up: Upsampler, cfg: EverythingConfig, crop_box: list[int], orig_hw: tuple[int, int]) -> LowRes:
+    """Drop masks touching an inner crop edge (low-res box estimate, SAM's 20 px tolerance); whole image: no-op."""
+    if crop_box == [0, 0, orig_hw[1], orig_hw[0]] or len(c) == 0:
+        return c
+    near = U.near_crop_edge(lowres_boxes_in_crop(c, up, cfg.mask_threshold), crop_box, [0, 0, orig_hw[1], orig_hw[0]])
+    return c.take(np.flatnonzero(~near))
+
+
+def _scores(kind: str, c: LowRes, prompt_score: np.ndarray | None) -> torch.Tensor:
+    """Ranking scores (K,) of the candidates (see :func:`_score`)."""
+    if kind == "iou":
+        return c.iou
+    if kind == "iou*stability":
+        return c.iou * c.stability
+    if kind == "rpn*stability" and prompt_score is not None:
+        return torch.as_tensor(prompt_score, device=c.prompt.device)[c.prompt].float() * c.stability
+    return c.stability
 
 
 def _score(kind: str, stability: float, iou: float, rpn: float | None) -> float:
@@ -195,7 +225,12 @@ class EverythingGenerator:
         self.img_size = int((rpn if self.cfg.mode == "rpn" else encoder or rpn).img_size)  # type: ignore[union-attr]
         self.transform = ResizeLongestSide(self.img_size)
         self.stats = {"images": 0, "encoder_calls": 0, "decoder_calls": 0, "prompts": 0}
+        self.timings = {"encoder": 0.0, "decoder": 0.0, "post": 0.0}  # seconds since construction, by stage
         self.last_proposals = np.zeros((0, 5), np.float32)
+        # torch backends (``decode_tensors``) keep the embedding and the logits on their device, CPU or CUDA;
+        # numpy backends (ONNX Runtime, TensorRT) post-process on the CPU
+        self.tensor_path = hasattr(decoder, "decode_tensors")
+        self.device = str(getattr(decoder, "device", "cpu")) if self.tensor_path else "cpu"
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, cfg: EverythingConfig | None = None, device: str = "cpu") -> "EverythingGenerator":
@@ -243,39 +278,71 @@ class EverythingGenerator:
         kept: list[dict] = []
         proposals: list[np.ndarray] = []
         for crop_box in crops:
-            cands, props = self._crop(image, crop_box)
-            keep = U.mask_nms(cands["rles"], np.asarray(cands["score"]), cfg.mask_nms_iou)
+            cands, props = self._crop(image, crop_box)  # already deduplicated (low-res mask NMS)
             area = (crop_box[2] - crop_box[0]) * (crop_box[3] - crop_box[1])
-            kept.append({k: [v[i] for i in keep] for k, v in cands.items()} | {"crop_area": [area] * len(keep)})
+            kept.append(cands | {"crop_area": [area] * len(cands["rles"])})
             proposals.append(props)
         self.stats["images"] += 1
         self.last_proposals = np.concatenate(proposals)
         merged = {k: [x for c in kept for x in c[k]] for k in kept[0]}
+        t0 = time.perf_counter()
         if len(crops) > 1 and merged["rles"]:
-            # across crops, prefer masks from smaller (higher-resolution) crops, as SAM does
+            # across crops (different frames: exact RLE IoU at the original size), prefer masks from smaller (higher-resolution) crops, as SAM does
             order = np.lexsort((-np.asarray(merged["score"]), np.asarray(merged["crop_area"])))
             keep = U.mask_nms(merged["rles"], np.asarray(merged["score"]), cfg.crop_nms_iou, order=order)
             merged = {k: [v[i] for i in keep] for k, v in merged.items()}
         order = np.argsort(-np.asarray(merged["score"], np.float64), kind="stable")[: cfg.max_masks]
-        return [self._record(merged, i) for i in order]
+        out = [self._record(merged, i) for i in order]
+        self.timings["post"] += time.perf_counter() - t0
+        return out
 
     # -- internals -----------------------------------------------------------------------------------------
+    def _sync(self) -> None:
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize(self.device)
+
+    def _clock(self, stage: str, t0: float) -> float:
+        self._sync()
+        t = time.perf_counter()
+        self.timings[stage] += t - t0
+        return t
+
+    def _encode(self, x: np.ndarray):
+        """-> (embedding, boxes, scores) (RPN mode) or (embedding, None, None): torch on ``self.device`` when the
+        backend offers ``tensors``, else numpy."""
+        if self.cfg.mode == "rpn":
+            run = getattr(self.rpn, "tensors", None) if self.tensor_path else None
+            return run(x) if run is not None else self.rpn(x)  # type: ignore[misc]
+        emb = self.encoder(x) if self.encoder is not None else self.rpn(x)[0]  # type: ignore[misc]
+        return emb, None, None
+
+    def _decode(self, emb, coords: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """One decoder call -> (logits (N,4,S/4,S/4), iou (N,4)) torch tensors (on ``self.device`` for torch backends)."""
+        if self.tensor_path:
+            dev = self.device
+            t = lambda a: torch.as_tensor(a, dtype=torch.float32, device=dev)  # noqa: E731
+            return self.decoder.decode_tensors(t(emb), t(coords), t(labels))  # type: ignore[attr-defined]
+        logits, iou = self.decoder(emb, coords, labels)
+        return torch.from_numpy(np.asarray(logits, np.float32)), torch.from_numpy(np.asarray(iou, np.float32))
+
     def _crop(self, image: np.ndarray, crop_box: list[int]) -> tuple[dict, np.ndarray]:
-        """Candidates (filtered, RLE in the original frame) for one crop, and its proposals (M,5) original frame."""
+        """Candidates (filtered, deduplicated at low resolution, RLE in the original frame) for one crop, and its
+        proposals (M,5) original frame."""
         cfg = self.cfg
         x0, y0, x1, y1 = crop_box
         crop = image[y0:y1, x0:x1]
         crop_hw = crop.shape[:2]
+        t0 = time.perf_counter()
         x, input_hw = preprocess(crop, self.img_size)
         x = x.numpy()
         offset = np.array([x0, y0], np.float32)
         props = np.zeros((0, 5), np.float32)
         prompt_box: np.ndarray | None = None
         prompt_score: np.ndarray | None = None
+        emb, boxes, scores = self._encode(x)
+        self.stats["encoder_calls"] += 1
         if cfg.mode == "rpn":
-            emb, boxes, scores = self.rpn(x)  # type: ignore[misc]
-            self.stats["encoder_calls"] += 1
-            pb, ps = select_proposals(torch.from_numpy(np.asarray(boxes[0])), torch.from_numpy(np.asarray(scores[0])),
+            pb, ps = select_proposals(torch.as_tensor(boxes[0]).float().cpu(), torch.as_tensor(scores[0]).float().cpu(),
                                       input_hw, cfg.rpn_score_thresh, cfg.rpn_nms_iou, cfg.max_proposals,
                                       cfg.rpn_pre_nms_top_k)
             pb, ps = pb.numpy(), ps.numpy()
@@ -284,38 +351,56 @@ class EverythingGenerator:
             prompt_score = ps
             points = prompt_box.reshape(-1, 2, 2).mean(axis=1)
             props = np.concatenate([prompt_box, ps[:, None]], axis=1).astype(np.float32)
-            groups = [slice(0, len(pb))] if len(pb) else []  # ONE decoder call for all proposals
+            groups = U.batches(len(pb), cfg.chunk_for(self.device)) if len(pb) else []
         else:
-            emb = self.encoder(x) if self.encoder is not None else self.rpn(x)[0]  # type: ignore[misc]
-            self.stats["encoder_calls"] += 1
             pts = U.grid_points(cfg.points_per_side, crop_hw)
             coords, labels = U.point_prompts(self.transform.apply_coords(pts, crop_hw))
             points = pts + offset
             groups = U.batches(len(pts), cfg.points_per_batch)
-        cands: dict[str, list] = {k: [] for k in ("rles", "score", "stability", "iou", "point", "crop_box",
-                                                  "rpn_box", "rpn_score")}
-        for sl in groups:
-            logits, iou = self.decoder(emb, coords[sl], labels[sl])
+        t0 = self._clock("encoder", t0)
+        parts: list[LowRes] = []
+        for sl in groups:  # bounded memory: one chunk of logits at a time, deduplicated before the next
+            logits, iou = self._decode(emb, coords[sl], labels[sl])
             self.stats["decoder_calls"] += 1
             self.stats["prompts"] += sl.stop - sl.start
-            for c in candidates_from_logits(logits, iou, cfg, input_hw, crop_hw, self.img_size, crop_box, image.shape[:2]):
-                n = sl.start + c["prompt"]
-                cands["rles"].append(c["rle"])
-                cands["score"].append(_score(cfg.score, c["stability"], c["iou"],
-                                             None if prompt_score is None else float(prompt_score[n])))
-                cands["stability"].append(c["stability"])
-                cands["iou"].append(c["iou"])
-                cands["point"].append([float(v) for v in points[n]])
-                cands["crop_box"].append(U.xyxy_to_xywh(crop_box))
-                cands["rpn_box"].append(None if prompt_box is None else U.xyxy_to_xywh(prompt_box[n]))
-                cands["rpn_score"].append(None if prompt_score is None else float(prompt_score[n]))
+            t0 = self._clock("decoder", t0)
+            c = filter_lowres(logits, iou, cfg.outputs_per_prompt(), input_hw, cfg.mask_threshold,
+                              cfg.stability_score_offset, cfg.stability_score_thresh, cfg.pred_iou_thresh, sl.start)
+            del logits, iou
+            if len(c):
+                parts.append(c.take(lowres_nms(c, _scores(cfg.score, c, prompt_score), cfg.mask_nms_iou, cfg.mask_threshold)))
+            t0 = self._clock("post", t0)
+        cands: dict[str, list] = {k: [] for k in ("rles", "area", "bbox", "score", "stability", "iou", "point",
+                                                  "crop_box", "rpn_box", "rpn_score")}
+        if not parts:
+            return cands, props
+        c = LowRes.cat(parts)
+        up = Upsampler(input_hw, crop_hw, c.logits.device)
+        c = _edge_filter(c, up, cfg, list(crop_box), image.shape[:2])
+        score = _scores(cfg.score, c, prompt_score)
+        c = c.take(lowres_nms(c, score, cfg.mask_nms_iou, cfg.mask_threshold, max_keep=cfg.max_masks))
+        score = _scores(cfg.score, c, prompt_score).cpu().numpy()
+        stab, iou_h, prompt = c.stability.cpu().numpy(), c.iou.cpu().numpy(), c.prompt.cpu().numpy()
+        for j, (rle, area, bbox) in enumerate(masks_to_rles(c.logits, up, (x0, y0), image.shape[:2], cfg.mask_threshold)):
+            if area == 0 or area < cfg.min_mask_area:
+                continue
+            n = int(prompt[j])
+            cands["rles"].append(rle)
+            cands["area"].append(area)
+            cands["bbox"].append(bbox)
+            cands["score"].append(float(score[j]))
+            cands["stability"].append(float(stab[j]))
+            cands["iou"].append(float(iou_h[j]))
+            cands["point"].append([float(v) for v in points[n]])
+            cands["crop_box"].append(U.xyxy_to_xywh(crop_box))
+            cands["rpn_box"].append(None if prompt_box is None else U.xyxy_to_xywh(prompt_box[n]))
+            cands["rpn_score"].append(None if prompt_score is None else float(prompt_score[n]))
+        self._clock("post", t0)
         return cands, props
 
     @staticmethod
     def _record(c: dict, i: int) -> dict:
-        rle = c["rles"][i]
-        area, bbox = U.rle_area_bbox([rle])
-        rec = {"segmentation": rle, "bbox": [float(v) for v in bbox[0]], "area": int(area[0]),
+        rec = {"segmentation": c["rles"][i], "bbox": list(c["bbox"][i]), "area": int(c["area"][i]),
                "score": float(c["score"][i]), "stability_score": float(c["stability"][i]),
                "predicted_iou": float(c["iou"][i]), "point_coords": [c["point"][i]], "crop_box": c["crop_box"][i]}
         if c["rpn_box"][i] is not None:

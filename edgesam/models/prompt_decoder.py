@@ -90,10 +90,12 @@ def select_outputs(masks: torch.Tensor, scores: torch.Tensor, num_outputs: int) 
 
 
 def stability_score(logits: torch.Tensor, threshold: float = 0.0, offset: float = 1.0) -> torch.Tensor:
-    """IoU between the masks thresholded at ``threshold ± offset``; logits (..., H, W) -> (...)."""
+    """IoU between the masks thresholded at ``threshold ± offset``; logits (..., H, W) -> (...).
+
+    An empty mask (nothing above ``threshold - offset``) scores 0, not 1: it is not a stable object."""
     inter = (logits > threshold + offset).sum((-1, -2), dtype=torch.int32)
     union = (logits > threshold - offset).sum((-1, -2), dtype=torch.int32)
-    return torch.where(union > 0, inter.float() / union.clamp(min=1).float(), torch.ones_like(inter, dtype=torch.float32))
+    return inter.float() / union.clamp(min=1).float()
 
 
 def decode_prompts(prompt_encoder: EdgePromptEncoder, mask_decoder: EdgeMaskDecoder, image_embeddings: torch.Tensor,
