@@ -308,3 +308,14 @@ def test_ranking_score_options():
     assert _score("rpn*stability", 0.9, 0.5, None) == 0.9  # grid mode has no proposal score
     with pytest.raises(ValueError):
         EverythingConfig(score="area")
+
+
+def test_rpn_decoder_calls_chunked_and_timed(model, scenes):
+    gen, dec = _generator(model, mode="rpn", rpn_score_thresh=0.0, rpn_nms_iou=1.0, max_proposals=12,
+                          stability_score_thresh=0.0, mask_nms_iou=1.0, decoder_chunk={"cpu": 5})
+    recs = gen.generate(scenes[0][0])
+    assert dec.calls == [(5, 2), (5, 2), (2, 2)]
+    assert gen.stats["prompts"] == 12 and all(v > 0 for v in gen.timings.values())
+    one, _ = _generator(model, mode="rpn", rpn_score_thresh=0.0, rpn_nms_iou=1.0, max_proposals=12,
+                        stability_score_thresh=0.0, mask_nms_iou=1.0, decoder_chunk={"cpu": 64})
+    assert [r["segmentation"] for r in one.generate(scenes[0][0])] == [r["segmentation"] for r in recs]

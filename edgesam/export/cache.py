@@ -21,7 +21,7 @@ import torch
 from .onnx_export import DECODER_FILE, ENCODER_FILE, META_FILE, export_all
 
 # Bump when the exported graphs change for the same weights (inputs, opset, fusing, layout).
-EXPORT_FORMAT = "edgesam-onnx-v2-dynamic-batch"
+EXPORT_FORMAT = "edgesam-onnx-v3-fast-decoder"
 ENV_CACHE_DIR = "EDGESAM_ONNX_CACHE"
 
 

@@ -219,6 +219,10 @@ def export_all(model: EdgeSAM, out_dir: str | Path, fuse: bool = True, opset: in
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     files = {"encoder": enc, "decoder": dec}
+    from .decoder_fast import export_fast_decoder  # split decoder (image side once per image), see its module doc
+
+    files.update(export_fast_decoder(model, out, opset=opset))
+    meta["files"].update({k: files[k].name for k in ("decoder_image", "decoder_prompt")})
     if getattr(model, "rpn", None) is not None:  # encoder + RPN graph for RPN-driven segment-everything
         from .rpn_onnx import export_rpn_onnx
 

@@ -248,19 +248,26 @@ class EverythingGenerator:
 
     @classmethod
     def from_onnx(cls, onnx_dir: str | Path, cfg: EverythingConfig | None = None, device: str = "cpu",
-                  threads: int | None = None) -> "EverythingGenerator":
-        """ONNX Runtime backends from an export folder (``encoder.onnx``, ``decoder.onnx``, and ``rpn.onnx`` for RPN mode)."""
+                  threads: int | None = None, ort_decoder: str = "auto", int8: bool = False) -> "EverythingGenerator":
+        """ONNX Runtime backends from an export folder (``encoder.onnx``, ``decoder.onnx``, and ``rpn.onnx`` for
+        RPN mode); ``ort_decoder`` and ``int8`` as in :func:`edgesam.inference.runtime.make_backends`."""
         from .runtime import make_backends
 
         cfg = cfg or EverythingConfig()
-        enc, dec = make_backends("onnxruntime", onnx_dir=onnx_dir, device=device, threads=threads)
+        enc, dec = make_backends("onnxruntime", onnx_dir=onnx_dir, device=device, threads=threads,
+                                 ort_decoder=ort_decoder, int8=int8)
         rpn = None
         rpn_path = Path(onnx_dir) / RPN_ONNX_FILE
         if cfg.mode == "rpn":
             if not rpn_path.is_file():
                 raise FileNotFoundError(f"everything mode 'rpn' with ONNX needs {rpn_path}: write it with "
                                         "edgesam.models.rpn.export_rpn_onnx(model, path), or use mode 'grid'")
-            providers = getattr(getattr(dec, "session", None), "get_providers", lambda: None)()
+            sess = getattr(dec, "session", None) or getattr(dec, "prompt_session", None)
+            providers = getattr(sess, "get_providers", lambda: None)()
+            if int8:
+                from .ort_fast import quantize_folder
+
+                rpn_path = quantize_folder(onnx_dir, [RPN_ONNX_FILE])[0]
             rpn = OrtRpnEncoder(rpn_path, providers, threads)
         return cls(dec, cfg, encoder=enc, rpn=rpn)
 

@@ -101,3 +101,25 @@ def quantize_folder(onnx_dir: str | Path, names: Sequence[str] | None = None) ->
             tmp.replace(dst)
         out.append(dst)
     return out
+
+
+def make_ort_decoder(onnx_dir: str | Path, providers=None, threads: int | None = None, flavour: str = "auto",
+                     int8: bool = False):
+    """The decoder backend for an export folder: ``flavour`` "fast" (split graphs; mask prompts fall back to
+    ``decoder.onnx``), "reference" (``decoder.onnx`` only) or "auto" (fast when the folder has its graphs).
+    ``int8`` uses (and writes on first use) the ``*.int8.onnx`` copies."""
+    from ..export.onnx_export import DECODER_FILE
+
+    if flavour not in ("auto", "fast", "reference"):
+        raise ValueError(f"decoder flavour must be 'auto', 'fast' or 'reference', got {flavour!r}")
+    d = Path(onnx_dir)
+    fast = flavour == "fast" or (flavour == "auto" and has_fast_graphs(d))
+    names = [DECODER_FILE] + ([IMAGE_FILE, PROMPT_FILE] if fast else [])
+    if int8:
+        quantize_folder(d, names)
+    ref = OrtDecoder(d / (int8_name(DECODER_FILE) if int8 else DECODER_FILE), providers, threads)
+    if not fast:
+        if int8:
+            ref.name += "-int8"
+        return ref
+    return OrtFastDecoder(d, providers, threads, int8=int8, reference=ref)
