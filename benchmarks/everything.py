@@ -211,8 +211,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wait", type=float, default=600, help="seconds to wait for a quiet machine before starting")
     p.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
     p.add_argument("--json", type=Path, default=None, help="also write the raw numbers here")
+    p.add_argument("--fullres", action="store_true", help="12 MP photos through ONNX Runtime, before vs after "
+                   "(benchmarks/everything_fullres.py); --images photos, --before another checkout for the 'before' row")
+    p.add_argument("--before", type=Path, default=None, help="with --fullres: a checkout whose code gives the 'before' row")
     args = p.parse_args(argv)
     cmd = "python benchmarks/everything.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    if args.fullres:
+        from benchmarks.everything_fullres import main_fullres
+
+        return main_fullres(args, cmd)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not modes or any(m not in ("rpn", "grid") for m in modes):
         p.error("--modes must list rpn and/or grid")

@@ -248,7 +248,7 @@ class EverythingGenerator:
 
     @classmethod
     def from_onnx(cls, onnx_dir: str | Path, cfg: EverythingConfig | None = None, device: str = "cpu",
-                  threads: int | None = None, ort_decoder: str = "auto", int8: bool = False) -> "EverythingGenerator":
+                  threads: int | None = None, ort_decoder: str = "auto", int8: bool | str = False) -> "EverythingGenerator":
         """ONNX Runtime backends from an export folder (``encoder.onnx``, ``decoder.onnx``, and ``rpn.onnx`` for
         RPN mode); ``ort_decoder`` and ``int8`` as in :func:`edgesam.inference.runtime.make_backends`."""
         from .runtime import make_backends
@@ -264,7 +264,7 @@ class EverythingGenerator:
                                         "edgesam.models.rpn.export_rpn_onnx(model, path), or use mode 'grid'")
             sess = getattr(dec, "session", None) or getattr(dec, "prompt_session", None)
             providers = getattr(sess, "get_providers", lambda: None)()
-            if int8:
+            if int8 is True:
                 from .ort_fast import quantize_folder
 
                 rpn_path = quantize_folder(onnx_dir, [RPN_ONNX_FILE])[0]

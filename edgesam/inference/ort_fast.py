@@ -84,20 +84,70 @@ def has_fast_graphs(onnx_dir: str | Path, int8: bool = False) -> bool:
     return all((d / (int8_name(f) if int8 else f)).is_file() for f in (IMAGE_FILE, PROMPT_FILE))
 
 
-def quantize_folder(onnx_dir: str | Path, names: Sequence[str] | None = None) -> list[Path]:
-    """INT8 (dynamic, per-channel weights) copies ``NAME.int8.onnx`` of the graphs in ``onnx_dir``; existing
-    copies are kept. ``names`` defaults to every EdgeSAM graph present (encoder, rpn, decoder, fast decoder)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+STATIC_GRAPHS = ("encoder.onnx", "rpn.onnx")  # convolutional: static QDQ (QLinearConv); dynamic ConvInteger is slow
+
+
+class _Calibration:
+    """``CalibrationDataReader`` over a few synthetic scenes (preprocessed like real inputs) for an image graph."""
+
+    def __init__(self, input_name: str, img_size: int, n: int = 4, seed: int = 0) -> None:
+        from ..data.synthetic import make_scene, photo_background
+        from ..data.transforms import preprocess
+
+        rng = np.random.default_rng(seed)
+        self.items = []
+        for _ in range(n):
+            img, _ = make_scene(rng, img_size * 3 // 4, img_size, background=photo_background(rng, img_size * 3 // 4, img_size))
+            self.items.append({input_name: preprocess(img, img_size)[0].numpy()})
+
+    def get_next(self):
+        return self.items.pop() if self.items else None
+
+
+def quantize_folder(onnx_dir: str | Path, names: Sequence[str] | None = None, calib_images: int = 4) -> list[Path]:
+    """INT8 copies ``NAME.int8.onnx`` of the graphs in ``onnx_dir``; existing copies are kept. ``names`` defaults
+    to every EdgeSAM graph present. Encoder / RPN (convolutions): static QDQ, per-channel int8 weights, uint8
+    activations calibrated (min/max) on ``calib_images`` synthetic scenes. Decoder graphs (GEMMs on varying
+    prompt counts): dynamic quantisation (activation ranges per call)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     d = Path(onnx_dir)
     names = names or [n for n in ("encoder.onnx", "rpn.onnx", "decoder.onnx", IMAGE_FILE, PROMPT_FILE) if (d / n).is_file()]
     out = []
     for n in names:
         dst = d / int8_name(n)
+        if not dst.is_file() and n in STATIC_GRAPHS:
+            pre, tmp = dst.with_suffix(".pre.tmp"), dst.with_suffix(".tmp")
+            quant_pre_process(str(d / n), str(pre), skip_symbolic_shape=True)
+            try:
+                sess = make_session(pre, threads=1)
+                inp = sess.get_inputs()[0]
+                del sess
+                import onnx
+
+                # the stem, the feature fusion and the neck (1x1/3x3 convs + LayerNorm2d producing the embedding)
+                # stay fp32: they are cheap, and the embedding feeds every prompt's decoder
+                keep_fp32 = [nd.name for nd in onnx.load(str(pre), load_external_data=False).graph.node
+                             if any(k in nd.name for k in ("/neck/", "/fuse_stage", "/features.0/"))]
+                quantize_static(str(pre), str(tmp), _Calibration(inp.name, int(inp.shape[2]), calib_images),
+                                nodes_to_exclude=keep_fp32,
+                                quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+                                weight_type=QuantType.QInt8, op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+                                calibrate_method=CalibrationMethod.MinMax)
+            finally:
+                pre.unlink(missing_ok=True)
+            tmp.replace(dst)
         if not dst.is_file():
-            tmp = dst.with_suffix(".tmp")
-            quantize_dynamic(str(d / n), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
-                             op_types_to_quantize=["MatMul", "Gemm", "Conv"])
+            pre, tmp = dst.with_suffix(".pre.tmp"), dst.with_suffix(".tmp")
+            # ORT's pre-processing (shape inference + graph optimisation) folds the exporter's Identity-shared
+            # weights into initializers, which the Conv quantiser needs
+            quant_pre_process(str(d / n), str(pre), skip_symbolic_shape=True)
+            try:
+                quantize_dynamic(str(pre), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
+                                 op_types_to_quantize=["MatMul", "Gemm", "Conv"])
+            finally:
+                pre.unlink(missing_ok=True)
             tmp.replace(dst)
         out.append(dst)
     return out

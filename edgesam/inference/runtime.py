@@ -41,7 +41,7 @@ def _check_pair(encoder: EncoderBackend, decoder: DecoderBackend) -> None:
 def make_backends(kind: BackendKind, *, model: torch.nn.Module | None = None, onnx_dir: str | Path | None = None,
                   device: str = "cpu", threads: int | None = None,
                   precision: str = "fp16", max_batch: int = 8, ort_decoder: str = "auto",
-                  int8: bool = False) -> tuple[EncoderBackend, DecoderBackend]:
+                  int8: bool | Literal["decoder"] = False) -> tuple[EncoderBackend, DecoderBackend]:
     """Build ``(encoder, decoder)`` backends.
 
     kind: ``torch`` (needs ``model``: an EdgeSAM or SamTeacher), ``onnxruntime`` (needs ``onnx_dir``;
@@ -49,7 +49,8 @@ def make_backends(kind: BackendKind, *, model: torch.nn.Module | None = None, on
     ``precision`` "fp16" or "fp32"; ``max_batch`` images per encoder engine execute). ``threads``: intra-op
     CPU threads for onnxruntime and torch (None: leave the library default). onnxruntime only:
     ``ort_decoder`` "auto" / "fast" / "reference" (:func:`edgesam.inference.ort_fast.make_ort_decoder`),
-    ``int8`` the dynamically quantised INT8 graphs (written beside the fp32 ones on first use).
+    ``int8`` True: INT8 encoder (static QDQ) and decoder (dynamic), "decoder": the decoder only; the INT8
+    graphs are written beside the fp32 ones on first use (:func:`edgesam.inference.ort_fast.quantize_folder`).
     """
     if kind not in BACKENDS:
         raise ValueError(f"unknown backend {kind!r}; expected one of {BACKENDS}")
@@ -76,10 +77,10 @@ def make_backends(kind: BackendKind, *, model: torch.nn.Module | None = None, on
             raise ValueError(f"device must be 'cpu' or 'cuda[:i]' for onnxruntime, got {device!r}")
         from .ort_fast import int8_name, make_ort_decoder, quantize_folder
 
-        if int8:
+        if int8 is True:  # "decoder": only the decoder in INT8 (the encoder misses the accuracy gate, BENCHMARKS.md)
             quantize_folder(enc_path.parent, [enc_path.name])
-        enc = OrtEncoder(enc_path.with_name(int8_name(enc_path.name)) if int8 else enc_path, providers, threads)
-        dec = make_ort_decoder(dec_path.parent, providers, threads, ort_decoder, int8)
+        enc = OrtEncoder(enc_path.with_name(int8_name(enc_path.name)) if int8 is True else enc_path, providers, threads)
+        dec = make_ort_decoder(dec_path.parent, providers, threads, ort_decoder, bool(int8))
     else:
         from ..export.tensorrt_build import EncoderProfile, build_engines, import_tensorrt, require_cuda
         from .trt_backend import TrtDecoder, TrtEncoder
