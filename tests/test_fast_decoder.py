@@ -59,7 +59,7 @@ def test_ort_fast_decoder_matches_torch_and_caches_image_side(model, tmp_path):
     paths = export_fast_decoder(model, tmp_path)
     assert all(p.is_file() for p in paths.values())
     dec = make_ort_decoder(tmp_path, threads=1)
-    assert isinstance(dec, OrtFastDecoder) and dec.name.endswith("-fast")
+    assert isinstance(dec, OrtFastDecoder) and dec.flavour == "split" and dec.name == "onnxruntime-cpu"
     emb = np.random.default_rng(0).standard_normal((1, 256, S // 16, S // 16)).astype(np.float32)
     c, l = _prompts(9)
     m_ref, i_ref = TorchDecoder(model.as_prompt_decoder())(emb, c, l)

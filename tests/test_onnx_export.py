@@ -289,7 +289,7 @@ def test_export_meta(exported):
     meta = json.loads(exported["meta"].read_text())
     assert meta["img_size"] == S and meta["opset"] == 17 and meta["fused"] is True
     assert meta["checkpoint_sha256"] == "random" and meta["random_weights"] is True
-    assert set(meta["files"].values()) == {"encoder.onnx", "decoder.onnx"}
+    assert set(meta["files"].values()) == {"encoder.onnx", "decoder.onnx", "decoder_image.onnx", "decoder_prompt.onnx"}
 
 
 def test_encoder_export_1024_shape(tmp_path):
