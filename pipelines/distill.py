@@ -7,7 +7,9 @@ With no arguments it runs end to end on 2 CPU cores in a few minutes: generate t
 set if absent, cache a tiny RANDOM-weight SAM teacher, run step 1 (encoder KD) and step 2
 (prompt-in-the-loop KD) briefly, train the RPN (step 3), evaluate, export ONNX, and print where
 everything went. Resubmitting the same command resumes: finished steps are skipped and an
-interrupted step continues from its latest checkpoint.
+interrupted step continues from its latest checkpoint. A changed step config, or a cache made by another
+teacher or preprocessing, is refused with the differing fields named (exit code 2); ``--restart stepN``
+(``train.restart``) trains step N and the steps after it again.
 """
 from __future__ import annotations
 
