@@ -7,12 +7,13 @@ With no arguments it runs end to end on 2 CPU cores in a few minutes: generate t
 set if absent, cache a tiny RANDOM-weight SAM teacher, run step 1 (encoder KD) and step 2
 (prompt-in-the-loop KD) briefly, train the RPN (step 3), evaluate, export ONNX, and print where
 everything went. Resubmitting the same command resumes: finished steps are skipped and an
-interrupted step continues from its latest checkpoint.
+interrupted step continues from its latest checkpoint. A changed step config, or a cache made by another
+teacher or preprocessing, is refused with the differing fields named (exit code 2); ``--restart stepN``
+(``train.restart``) trains step N and the steps after it again.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -22,6 +23,8 @@ if __package__ in (None, ""):
 
 from pipelines.cache_teacher import run_cache
 from pipelines.distill_config import DistillConfig, StepConfig
+from pipelines.distill_identity import (StepMismatchError, check_step, digest, expected_cache_identity, mark_done,
+                                        mark_started, restarts, step_identity)
 from edgesam.config import add_config_args, dump_config, load_config
 
 RANDOM_BANNER = """
@@ -43,15 +46,17 @@ GT_BANNER = """
 
 
 def ensure_cache(cfg: DistillConfig) -> dict:
-    """Run (or resume) teacher caching unless a complete cache with the same identity exists."""
-    from edgesam.data.cache import MANIFEST
+    """Reuse a complete cache made with the teacher and preprocessing the config asks for, or run (resume)
+    the caching job. A cache made with another teacher, checkpoint or preprocessing raises CacheMismatchError."""
+    from edgesam.data.cache import check_identity
 
-    path = Path(cfg.cache.output.dir) / MANIFEST
-    if path.is_file():
-        manifest = json.loads(path.read_text())
-        if manifest.get("status") == "complete":
-            print(f"[distill] using complete teacher cache {cfg.cache.output.dir} ({manifest['counts']['images']} images)")
-            return manifest
+    manifest = check_identity(cfg.cache.output.dir, expected_cache_identity(cfg))
+    if manifest is not None and manifest.get("status") == "complete":
+        print(f"[distill] using complete teacher cache {cfg.cache.output.dir} ({manifest['counts']['images']} images)")
+        return manifest
+    from pipelines.ray_init import init_ray
+
+    init_ray(cfg.ray_address)
     return run_cache(cfg.cache)
 
 
@@ -67,25 +72,33 @@ def _has_rpn(path: str | None) -> bool:
     return state.get("rpn") is not None
 
 
-def run_step(cfg: DistillConfig, step: StepConfig, split: dict, init_checkpoint: str | None) -> str:
+def run_step(cfg: DistillConfig, step: StepConfig, split: dict, init_checkpoint: str | None,
+             cache_identity: dict) -> str:
     """Run one distillation step with TorchTrainer; returns the final checkpoint directory.
 
-    A step whose run directory holds a DONE marker is skipped; otherwise a same-name run resumes
-    from its latest checkpoint (Ray Train restores it through ``ray.train.get_checkpoint``).
+    A step finished with the same identity (config + inputs, ``distill_identity``) is skipped; a run
+    started with the same identity resumes from its latest checkpoint (Ray Train restores it through
+    ``ray.train.get_checkpoint``); a run made with another identity is refused (StepMismatchError)
+    unless ``train.restart`` names this step or an earlier one.
     """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from pipelines.distill_loop import train_loop_per_worker
+    from pipelines.ray_init import init_ray
 
     run_name = f"{cfg.train.name}-{step.kind}"
     storage = str(Path(cfg.train.storage_path).resolve()) if "://" not in cfg.train.storage_path else cfg.train.storage_path
-    done_marker = Path(storage) / run_name / "DONE.json"
-    if done_marker.is_file():
-        done = json.loads(done_marker.read_text())
-        print(f"[distill] {step.kind}: already finished at step {done['step']}; skipping (checkpoint {done['checkpoint']})")
+    run_dir = f"{storage}/{run_name}"
+    identity = step_identity(cfg, step, split, init_checkpoint, cache_identity)
+    done = check_step(step, run_dir, identity, restart=restarts(cfg, step))
+    if done is not None:
+        print(f"[distill] {step.kind}: already finished at step {done['step']} with this config and inputs; "
+              f"skipping (checkpoint {done['checkpoint']})")
         return done["checkpoint"]
+    mark_started(run_dir, identity)
+    init_ray(cfg.ray_address)  # only now: a refused or skipped step needs no cluster
 
     sc = cfg.train.scaling
     # Fractional CPUs for the feeding tasks: with the train workers placed, a node may have < 1 CPU free.
@@ -104,7 +117,8 @@ def run_step(cfg: DistillConfig, step: StepConfig, split: dict, init_checkpoint:
         "holdout_ids": split["holdout_ids"], "eval": cfg.eval.model_dump(mode="json"), "seed": cfg.train.seed,
         "checkpoint_every": cfg.train.checkpoint_every_steps, "sync_bn": cfg.train.sync_bn,
         "init_has_rpn": step.kind != "rpn" and _has_rpn(init_checkpoint), "seen_ids_dir": cfg.train.seen_ids_dir, "rpn": cfg.rpn.model_dump(mode="json"),
-        "torch_threads": cfg.train.torch_threads,
+        "torch_threads": cfg.train.torch_threads, "identity_sha256": digest(identity),
+        "backbone_checkpoint": cfg.student.backbone_checkpoint, "decoder_init": cfg.student.decoder_init,
     }
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config=loop_cfg,
@@ -122,34 +136,47 @@ def run_step(cfg: DistillConfig, step: StepConfig, split: dict, init_checkpoint:
     if result.checkpoint is None:
         raise RuntimeError(f"{step.kind}: training produced no checkpoint ({result.error})")
     ckpt = result.checkpoint.path
-    done_marker.write_text(json.dumps({"step": result.metrics.get("global_step"), "checkpoint": ckpt,
-                                       "metrics": result.metrics}, default=str, indent=2))
+    mark_done(run_dir, identity, result.metrics.get("global_step"), ckpt, result.metrics)
     return ckpt
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines.distill_split import make_split
-    from pipelines.finish import finish_run
+    from edgesam.data.cache import CacheMismatchError
+    from edgesam.models.backbone_init import BackboneCheckpointError
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser, default="quickstart")
+    parser.add_argument("--restart", choices=["step1", "step2", "step3", "all"], default=None,
+                        help="train this step again (and every later one) although a run of it exists; "
+                             "same as train.restart=STEP")
     args = parser.parse_args(argv)
-    cfg = load_config(DistillConfig, args.config, args.overrides)
+    overrides = list(args.overrides) + ([f"train.restart={args.restart}"] if args.restart else [])
+    cfg = load_config(DistillConfig, args.config, overrides)
     print(dump_config(cfg), flush=True)
+    try:
+        return _run(cfg)
+    except (CacheMismatchError, StepMismatchError, BackboneCheckpointError) as exc:
+        print(f"[distill] ERROR: {exc}", file=sys.stderr, flush=True)
+        return 2
+
+
+def _run(cfg: DistillConfig) -> int:
+    from pipelines.distill_split import make_split
+    from pipelines.finish import finish_run
+
     t0 = time.time()
     random_teacher = cfg.cache.teacher.checkpoint is None
     banner = RANDOM_BANNER if not cfg.step2.enabled or cfg.step2.mask_target == "teacher" else GT_BANNER
     if random_teacher:
         print(banner, flush=True)
+    if cfg.student.backbone_checkpoint and not cfg.student.init_checkpoint:
+        _check_backbone(cfg.student.backbone_checkpoint)
 
-    from pipelines.ray_init import init_ray
-
-    init_ray(cfg.ray_address)
-    ensure_cache(cfg)
+    manifest = ensure_cache(cfg)  # the cache pipeline starts Ray itself when it has work to do
     split = make_split(cfg)
     ckpt = cfg.student.init_checkpoint
     for step in cfg.steps():
-        ckpt = run_step(cfg, step, split, ckpt)
+        ckpt = run_step(cfg, step, split, ckpt, manifest["identity"])
     report = finish_run(cfg, ckpt, split, random_teacher=random_teacher)
     print(f"[distill] finished in {time.time() - t0:.0f} s")
     for k, v in report["outputs"].items():
@@ -157,6 +184,14 @@ def main(argv: list[str] | None = None) -> int:
     if random_teacher:
         print(banner, flush=True)
     return 0
+
+
+def _check_backbone(path: str) -> None:
+    """Fail before caching and training if the ImageNet file is the wrong one; print what it covers."""
+    from edgesam.models.backbone_init import load_repvit_imagenet
+    from edgesam.models.repvit import RepViTEncoder
+
+    print(f"[distill] {load_repvit_imagenet(RepViTEncoder(), path).summary()}", flush=True)
 
 
 if __name__ == "__main__":

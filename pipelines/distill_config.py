@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from edgesam.config import StrictModel
 from pipelines.cache_teacher import CacheConfig
@@ -50,12 +50,31 @@ class TrainCfg(StrictModel):
     data_task_cpus: float = 0.25  # Ray Data read/filter tasks feeding the workers
     sync_bn: bool = False  # SyncBatchNorm across GPU workers (step 1 in the paper)
     torch_threads: int | None = None  # intra-op threads per CPU worker (default: OMP_NUM_THREADS Ray sets)
+    # Train a step again although a run of it exists (finished, or made with another config/inputs), and every
+    # enabled step after it; "all" = from step 1. Without it a changed step config or cache is refused.
+    restart: Literal["step1", "step2", "step3", "all"] | None = None
     scaling: ScalingCfg = ScalingCfg()
 
 
 class StudentCfg(StrictModel):
-    init_checkpoint: str | None = None  # an EdgeSAM/ours checkpoint to start step 1 from
+    init_checkpoint: str | None = None  # an EdgeSAM/ours checkpoint to start the first enabled step from
+    # THU-MIG's original RepViT-M1 ImageNet checkpoint (repvit_m1_distill_300.pth) for the encoder's backbone
+    # when there is no init_checkpoint (the paper's init); None = random backbone
+    backbone_checkpoint: str | None = None
+    # prompt encoder + mask decoder at the start: "auto" = init_checkpoint's when one is given (fine-tuning keeps
+    # an official checkpoint's decoder), else the teacher's; "teacher" = always the teacher's; "checkpoint" =
+    # init_checkpoint's (an error without one)
+    decoder_init: Literal["auto", "teacher", "checkpoint"] = "auto"
     upsample_mode: Literal["bicubic", "bilinear"] = "bicubic"
+
+    @model_validator(mode="after")
+    def _one_init(self) -> "StudentCfg":
+        if self.init_checkpoint and self.backbone_checkpoint:
+            raise ValueError("student.init_checkpoint and student.backbone_checkpoint are exclusive: an init checkpoint "
+                             "already holds a trained encoder (set student.backbone_checkpoint=null)")
+        if self.decoder_init == "checkpoint" and not self.init_checkpoint:
+            raise ValueError("student.decoder_init=checkpoint needs student.init_checkpoint")
+        return self
 
 
 class EvalCfg(StrictModel):

@@ -87,6 +87,12 @@ def load_weights(model: EdgeSAM, path: str) -> None:
         load_state_dict_strict(model.rpn, rpn_state, what=f"{path} (rpn)")
 
 
+def _decoder_from_teacher(decoder_init: str, init_checkpoint: str | None) -> bool:
+    """Whether a step starts its prompt encoder + decoder from the teacher's: always for "teacher"; for "auto"
+    only without an init checkpoint (fine-tuning an official checkpoint keeps its decoder); never for "checkpoint"."""
+    return decoder_init == "teacher" or (decoder_init == "auto" and not init_checkpoint)
+
+
 def decode_batch(table: pa.Table, img_size: int, device: torch.device, max_prompts: int, rng: np.random.Generator,
                  with_gt_masks: bool = False) -> dict:
     """Cache rows -> a training batch; ``with_gt_masks`` adds ``gt_masks`` (per image (K,S/4,S/4) bool,
@@ -126,10 +132,10 @@ def decode_batch(table: pa.Table, img_size: int, device: torch.device, max_promp
 
 
 def _save(tmp: str, module_model: EdgeSAM, optimizer, scheduler, global_step: int, history: list,
-          resumes: list[int]) -> None:
+          resumes: list[int], identity_sha256: str | None = None) -> None:
     torch.save({"model": core_state_dict(module_model), "rpn": module_model.rpn.state_dict() if module_model.rpn is not None else None,
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "global_step": global_step,
-                "history": history, "resumes": resumes}, os.path.join(tmp, STATE_FILE))
+                "history": history, "resumes": resumes, "identity_sha256": identity_sha256}, os.path.join(tmp, STATE_FILE))
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -162,12 +168,18 @@ def train_loop_per_worker(config: dict) -> None:
     resume = ray.train.get_checkpoint()
     t = config["teacher"]
     teacher_pd = build_teacher_prompt_decoder(t["name"], t["checkpoint"], img_size, seed=t["tiny_seed"])
-    if config["init_checkpoint"] and not resume:
-        load_weights(model, config["init_checkpoint"])
-    fresh_decoder = step.kind == "prompt_kd" or (step.kind == "encoder_kd" and not config["init_checkpoint"])
-    if fresh_decoder and not resume:
-        # INIT_FROM_TEACHER: the student's prompt encoder and decoder start as the teacher's. In step 1 they
-        # are not trained, so an encoder-only student is evaluated (and exported) with the teacher's decoder.
+    init = config["init_checkpoint"]
+    if init and not resume:
+        load_weights(model, init)
+    if not init and not resume and config.get("backbone_checkpoint") and step.kind != "rpn":
+        from edgesam.models.backbone_init import load_repvit_imagenet
+
+        report_init = load_repvit_imagenet(model.image_encoder, config["backbone_checkpoint"])
+        if rank == 0:
+            print(f"[distill] {step.kind}: {report_init.summary()}", flush=True)
+    if step.kind != "rpn" and not resume and _decoder_from_teacher(config.get("decoder_init", "auto"), init):
+        # The student's prompt encoder and decoder start as the teacher's. In step 1 they are not trained, so an
+        # encoder-only student is evaluated (and exported) with the teacher's decoder.
         model.prompt_encoder.load_state_dict(teacher_pd.prompt_encoder.state_dict())
         model.mask_decoder.load_state_dict(teacher_pd.mask_decoder.state_dict())
     if step.kind == "prompt_kd":
@@ -193,6 +205,11 @@ def train_loop_per_worker(config: dict) -> None:
     if resume:
         with resume.as_directory() as d:
             state = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=False)
+        if state.get("identity_sha256") != config.get("identity_sha256"):
+            # the driver refuses this first (STARTED.json); this guards a checkpoint that was swapped underneath
+            raise RuntimeError(f"{step.kind}: the checkpoint to resume was written under step identity "
+                               f"{state.get('identity_sha256')}, this run is {config.get('identity_sha256')}: refusing "
+                               "to resume its optimizer and schedule under another config (use train.restart)")
         rpn, model.rpn = model.rpn, None
         model.load_state_dict(state["model"])
         model.rpn = rpn
@@ -215,7 +232,7 @@ def train_loop_per_worker(config: dict) -> None:
     def report(metrics: dict, with_ckpt: bool) -> None:
         if with_ckpt and rank == 0:
             with tempfile.TemporaryDirectory() as tmp:
-                _save(tmp, model, optimizer, scheduler, global_step, history, resumes)
+                _save(tmp, model, optimizer, scheduler, global_step, history, resumes, config.get("identity_sha256"))
                 ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)

@@ -25,31 +25,77 @@ def _load_final(cfg, ckpt_dir: str) -> tuple[EdgeSAM, list[dict]]:
 
 def _histories(cfg) -> list[dict]:
     """Concatenate the metric histories of every step (each step's last checkpoint holds its own)."""
+    from pipelines.distill_identity import DONE, read_marker
     from pipelines.distill_loop import STATE_FILE
 
     out = []
     for step in cfg.steps():
-        marker = Path(cfg.train.storage_path) / f"{cfg.train.name}-{step.kind}" / "DONE.json"
-        if marker.is_file():
-            ckpt = json.loads(marker.read_text())["checkpoint"]
-            hist = torch.load(Path(ckpt) / STATE_FILE, map_location="cpu", weights_only=False).get("history", [])
+        done = read_marker(Path(cfg.train.storage_path) / f"{cfg.train.name}-{step.kind}" / DONE)
+        if done is not None:
+            hist = torch.load(Path(done["checkpoint"]) / STATE_FILE, map_location="cpu", weights_only=False).get("history", [])
             out += [{**h, "kind": step.kind} for h in hist]
     return out
 
 
+def eval_task_options(scaling) -> dict:
+    """``ray.remote`` options for one task shaped like a train worker (its CPUs, its GPU when configured)."""
+    res = dict(scaling.resources_per_worker)
+    cpus = res.pop("CPU", 1.0)
+    gpus = res.pop("GPU", 1.0) if scaling.use_gpu else 0.0
+    res.pop("GPU", None)
+    return {"num_cpus": cpus, "num_gpus": gpus, "resources": res}
+
+
+def _final_eval(cfg_json: dict, ckpt_dir: str, split: dict) -> tuple[dict, bytes]:
+    """The end-of-run evaluation, inside a Ray task with the train workers' resources (on their GPU when
+    ``train.scaling.use_gpu``), not on the driver. -> (report, mask-grid PNG bytes or b"")."""
+    import os
+    import tempfile
+
+    from pipelines.distill_config import DistillConfig
+    from pipelines.evaluate import evaluate_holdout_report
+
+    cfg = DistillConfig.model_validate(cfg_json)
+    device = torch.device("cuda" if cfg.train.scaling.use_gpu and torch.cuda.is_available() else "cpu")
+    if device.type == "cpu":
+        torch.set_num_threads(cfg.train.torch_threads or max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+    model, _ = _load_final(cfg, ckpt_dir)
+    t = cfg.cache.teacher
+    teacher_pd = build_teacher_prompt_decoder(t.name, t.checkpoint, cfg.cache.preprocessing.img_size, seed=t.tiny_seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        report = evaluate_holdout_report(model, teacher_pd, cfg, split, Path(tmp), device=device)
+        grid = Path(report.pop("mask_grid", "") or "/nonexistent")
+        png = grid.read_bytes() if grid.is_file() else b""
+    report["device"] = str(device)
+    return report, png
+
+
+def run_final_eval(cfg, ckpt_dir: str, split: dict, out: Path) -> dict:
+    import ray
+
+    from pipelines.ray_init import init_ray
+
+    init_ray(cfg.ray_address)
+    task = ray.remote(_final_eval).options(**eval_task_options(cfg.train.scaling))
+    report, png = ray.get(task.remote(cfg.model_dump(mode="json"), ckpt_dir, split))
+    if png:
+        (out / "mask_grid.png").write_bytes(png)
+        report["mask_grid"] = str((out / "mask_grid.png").resolve())
+    return report
+
+
 def finish_run(cfg, ckpt_dir: str, split: dict, random_teacher: bool) -> dict:
     from edgesam.eval.plots import plot_curves
-    from pipelines.evaluate import evaluate_holdout_report
 
     out = Path(cfg.output_dir or Path(cfg.train.storage_path) / cfg.train.name)
     out.mkdir(parents=True, exist_ok=True)
     model, _ = _load_final(cfg, ckpt_dir)
     meta = {"teacher": cfg.cache.teacher.model_dump(mode="json"), "random_teacher": random_teacher,
-            "img_size": cfg.cache.preprocessing.img_size, "rpn_config": cfg.rpn.model_dump(), "source_checkpoint": ckpt_dir}
+            "img_size": cfg.cache.preprocessing.img_size, "rpn_config": cfg.rpn.model_dump(), "source_checkpoint": ckpt_dir,
+            # pipelines/evaluate.py scores exactly these rows of the cache (the student never trained on them)
+            "holdout": {"fraction": cfg.eval.holdout_fraction, "seed": cfg.eval.seed, "ids": split["holdout_ids"]}}
     student_path = save_student(model, out / "student.pt", meta=meta)
-    t = cfg.cache.teacher
-    teacher_pd = build_teacher_prompt_decoder(t.name, t.checkpoint, cfg.cache.preprocessing.img_size, seed=t.tiny_seed)
-    report = evaluate_holdout_report(model, teacher_pd, cfg, split, out)
+    report = run_final_eval(cfg, ckpt_dir, split, out)
     report["random_teacher"] = random_teacher
     curves = plot_curves(_histories(cfg), out / "training_curves.png")
     outputs = {"student": str(student_path.resolve()), "eval_report": str((out / "eval_report.json").resolve()),

@@ -1,0 +1,173 @@
+"""What a distillation step was made from, and the markers that record it.
+
+A step's identity is its config (everything that changes the weights it produces: the step's own
+settings, the schedule, the global batch, the seed) and its inputs (the teacher cache's identity, the
+digest of the checkpoint it starts from, the ImageNet backbone file). ``STARTED.json`` records it when
+a step starts, ``DONE.json`` when it finishes, and every checkpoint the step writes carries its digest.
+A resubmitted job compares them with what its config asks for: a finished step with the same identity
+is skipped, an interrupted one resumes, and anything else is refused with the differing fields named,
+unless ``train.restart`` asks to train that step (and every later one) again.
+
+All marker I/O goes through ``read_marker`` / ``write_marker`` / ``discard_run`` (one place to swap for
+object storage).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from edgesam.data import cache as C
+
+DONE = "DONE.json"
+STARTED = "STARTED.json"
+STEP_NAMES = {"encoder_kd": "step1", "prompt_kd": "step2", "rpn": "step3"}
+
+
+class StepMismatchError(ValueError):
+    """A finished or interrupted step was made with another config or other inputs than requested."""
+
+
+# --------------------------------------------------------------------------------------- marker I/O
+def read_marker(path: str | Path) -> dict | None:
+    p = Path(path)
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def write_marker(path: str | Path, obj: dict) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(p.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    tmp.replace(p)  # never a half-written marker
+
+
+def run_exists(run_dir: str | Path) -> bool:
+    p = Path(run_dir)
+    return p.is_dir() and any(p.iterdir())
+
+
+def discard_run(run_dir: str | Path) -> str | None:
+    """Move a step's run directory aside (kept, renamed ``<run>.replaced-<UTC time>``); returns the new name."""
+    p = Path(run_dir)
+    if not p.exists():
+        return None
+    dest = p.with_name(f"{p.name}.replaced-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+    p.rename(dest)
+    return str(dest)
+
+
+# ----------------------------------------------------------------------------------------- digests
+def digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def checkpoint_digest(path: str | None) -> str | None:
+    """sha256 of a student checkpoint file, or of ``state.pt`` in one of our Ray checkpoint directories."""
+    from edgesam.models.teacher import sha256_file
+    from pipelines.distill_loop import STATE_FILE
+
+    if not path:
+        return None
+    p = Path(path)
+    return sha256_file(p / STATE_FILE if p.is_dir() else p)
+
+
+def expected_cache_identity(cfg) -> dict:
+    """The identity the cache pipeline would write for ``cfg.cache`` (teacher + preprocessing)."""
+    from pipelines.cache_teacher import teacher_identity
+
+    return C.cache_identity(teacher_identity(cfg.cache), cfg.cache.preprocessing)
+
+
+def step_identity(cfg, step, split: dict, init_checkpoint: str | None, cache_identity: dict) -> dict:
+    """Everything that changes the weights ``step`` produces. Operational knobs (checkpoint frequency,
+    CPUs per task, threads, resources) are left out: changing them must not force a rerun."""
+    spe = split["steps_per_epoch"][step.kind]
+    first = init_checkpoint is None
+    return {
+        "step": step.model_dump(mode="json", exclude={"enabled"}),
+        "schedule": {"steps_per_epoch": spe, "total_steps": spe * step.epochs,
+                     "num_workers": cfg.train.scaling.num_workers, "seed": cfg.train.seed,
+                     "sync_bn": cfg.train.sync_bn},
+        "model": {"img_size": cfg.cache.preprocessing.img_size, "rpn": cfg.rpn.model_dump(mode="json"),
+                  "decoder_init": cfg.student.decoder_init},
+        "data": {"cache": cache_identity, "num_train": split["num_train"],
+                 "holdout_ids_sha256": digest(sorted(split["holdout_ids"]))},
+        "init": {"checkpoint_sha256": checkpoint_digest(init_checkpoint),
+                 "backbone_checkpoint_sha256": checkpoint_digest(cfg.student.backbone_checkpoint) if first else None},
+    }
+
+
+def diff_fields(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the fields that differ, with both values."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for k in sorted(set(old) | set(new), key=str):
+            out += diff_fields(old.get(k), new.get(k), f"{prefix}{k}.")
+        return out
+    return [] if old == new else [f"{prefix.rstrip('.')}: was {old!r}, requested {new!r}"]
+
+
+# ------------------------------------------------------------------------------------------- checks
+def _refuse(step, what: str, diffs: list[str], run_dir: str) -> StepMismatchError:
+    name = STEP_NAMES[step.kind]
+    shown = "; ".join(diffs[:12]) + (f"; ... ({len(diffs) - 12} more)" if len(diffs) > 12 else "")
+    return StepMismatchError(
+        f"{name} ({step.kind}) in {run_dir} {what} with a different config or inputs: {shown}. "
+        f"Pass train.restart={name} (or --restart {name}) to train it again, and every step after it, "
+        "or use another train.name.")
+
+
+def restarts(cfg, step) -> bool:
+    """Whether ``train.restart`` asks to train ``step`` again (the named step and every later one)."""
+    order = ["step1", "step2", "step3"]
+    r = cfg.train.restart
+    return bool(r) and order.index(STEP_NAMES[step.kind]) >= order.index("step1" if r == "all" else r)
+
+
+def check_step(step, run_dir: str, identity: dict, restart: bool = False) -> dict | None:
+    """-> the DONE marker when the step is finished with this identity (skip it); None when it should run
+    (fresh, or resuming a run started with this identity). Raises StepMismatchError otherwise.
+
+    With ``restart`` a finished run, or one started under another identity, is moved aside and the step
+    runs from scratch; an interrupted run started under this very identity resumes (same result, and a
+    restart that is itself interrupted continues when resubmitted)."""
+    done = read_marker(Path(run_dir) / DONE)
+    started = read_marker(Path(run_dir) / STARTED)
+    if restart and run_exists(run_dir):
+        if done is not None or started is None or diff_fields(started["identity"], identity):
+            print(f"[distill] {STEP_NAMES[step.kind]}: restart: moved {run_dir} aside to {discard_run(run_dir)}",
+                  flush=True)
+            return None
+        print(f"[distill] {STEP_NAMES[step.kind]}: restart: resuming the interrupted restarted run", flush=True)
+        return None
+    if done is not None:
+        if "identity" not in done:
+            raise _refuse(step, "finished", ["identity: not recorded (a marker from an older version)"], run_dir)
+        diffs = diff_fields(done["identity"], identity)
+        if diffs:
+            raise _refuse(step, "finished", diffs, run_dir)
+        return done
+    if started is not None:
+        diffs = diff_fields(started["identity"], identity)
+        if diffs:  # resuming would continue the old schedule and optimizer state under the new config
+            raise _refuse(step, "was interrupted (it would resume)", diffs, run_dir)
+    elif run_exists(run_dir):
+        raise _refuse(step, "holds checkpoints", ["identity: not recorded (no STARTED.json)"], run_dir)
+    return None
+
+
+def mark_started(run_dir: str, identity: dict) -> None:
+    write_marker(Path(run_dir) / STARTED, {"identity": identity, "identity_sha256": digest(identity),
+                                           "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+
+
+def mark_done(run_dir: str, identity: dict, global_step: int | None, checkpoint: str, metrics: dict) -> dict:
+    done = {"step": global_step, "checkpoint": checkpoint, "checkpoint_sha256": checkpoint_digest(checkpoint),
+            "identity": identity, "identity_sha256": digest(identity), "metrics": metrics,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    write_marker(Path(run_dir) / DONE, done)
+    return done
