@@ -264,12 +264,16 @@ class Predictor:
         coords, labels = self._build_prompts(point_coords, point_labels, boxes)
         return self._decode(coords, labels, mask_input, num_outputs)
 
-    def upsample(self, low_res: torch.Tensor, return_logits: bool = False, chunk: int = 16) -> np.ndarray:
+    def upsample(self, low_res: torch.Tensor, return_logits: bool = False, chunk: int | None = None,
+                 temp_bytes: int = 128 << 20) -> np.ndarray:
         """Low-res logits (N,K,S/4,S/4) -> (N,K,H,W) bool masks (or float32 logits) at the original size.
 
-        Done ``chunk`` masks at a time, so the float temporaries stay bounded whatever N x K is."""
+        Done ``chunk`` masks at a time (default: as many as fit ``temp_bytes`` of float32 temporaries at
+        S x S and H x W), so the temporaries stay bounded whatever N x K and the image size are."""
         n, k = low_res.shape[:2]
         h, w = self.original_hw
+        if chunk is None:
+            chunk = max(1, temp_bytes // (4 * (self.img_size ** 2 + 2 * h * w)))
         out = np.empty((n, k, h, w), np.float32 if return_logits else bool)
         flat, dst = low_res.reshape(n * k, 1, *low_res.shape[-2:]), out.reshape(n * k, h, w)
         for i in range(0, n * k, chunk):
