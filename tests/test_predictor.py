@@ -193,3 +193,19 @@ def test_sam_preprocessing_and_torch_image_entry():
         q.set_torch_image(torch.zeros(1, 3, 100, 100), (100, 100))
     with pytest.raises(RuntimeError, match="set_image"):
         Predictor.from_model(EdgeSAM(256).eval()).get_image_embedding()
+
+
+def test_edgesam_spellings(predictor):
+    """EdgeSAM's predictor passes num_multimask_outputs where SamPredictor has multimask_output, and takes
+    ``features=`` to decode against a given embedding."""
+    pts, labels = np.array([[100, 60]]), np.array([1])
+    assert predictor.predict(pts, labels, None, None, 1)[0].shape[0] == 1
+    assert predictor.predict(pts, labels, None, None, 4)[0].shape[0] == 4
+    assert predictor.predict(pts, labels, None, None, True)[0].shape[0] == 3
+    own, _, _ = predictor.predict(pts, labels, return_logits=True)
+    same, _, _ = predictor.predict(pts, labels, return_logits=True, features=predictor.get_image_embedding())
+    np.testing.assert_allclose(own, same, atol=1e-6)
+    saved = predictor.embedding.copy()
+    other, _, _ = predictor.predict(pts, labels, return_logits=True, features=torch.zeros(1, 256, 16, 16))
+    assert not np.allclose(own, other)
+    np.testing.assert_array_equal(predictor.embedding, saved)  # the set image's embedding is restored

@@ -1,4 +1,5 @@
-"""``python -m edgesam.export``: see :func:`edgesam.export.onnx_export.main`."""
+"""``python -m edgesam.export``: see :func:`edgesam.export.onnx_export.main` (``--flavor`` / ``--encoder-input``:
+:mod:`edgesam.export.flavors`)."""
 import sys
 
 from .onnx_export import main

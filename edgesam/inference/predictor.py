@@ -11,6 +11,7 @@ caller keeps (``select``): the token choice is made on the low-res logits first.
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -310,6 +311,9 @@ class Predictor:
     # -- SamPredictor API ------------------------------------------------------------------------------
     @staticmethod
     def _num_outputs(multimask_output: bool, num_multimask_outputs: int | None, num_outputs: int | None) -> int:
+        if not isinstance(multimask_output, (bool, np.bool_)) and multimask_output in (1, 3, 4) \
+                and num_multimask_outputs is None:  # EdgeSAM's positional num_multimask_outputs in this slot
+            num_multimask_outputs = int(multimask_output)
         if num_outputs is not None:
             warnings.warn("predict(num_outputs=...) is deprecated: use num_multimask_outputs (EdgeSAM) or "
                           "multimask_output (SAM)", DeprecationWarning, stacklevel=3)
@@ -322,13 +326,14 @@ class Predictor:
 
     def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None, multimask_output: bool = True,
                 return_logits: bool = False, num_multimask_outputs: int | None = None,
-                use_stability_score: bool = False, *, num_outputs: int | None = None,
-                score: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                use_stability_score: bool = False, *, features: torch.Tensor | np.ndarray | None = None,
+                num_outputs: int | None = None, score: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """SamPredictor.predict: points (P,2) + labels (P,) and/or box (4,) XYXY in the original frame,
         mask_input (1,S/4,S/4) -> (masks (C,H,W) bool or logits, scores (C,), low-res logits (C,S/4,S/4)).
 
         C = 3 (tokens 1-3) when ``multimask_output`` else 1 (token 0); EdgeSAM's ``num_multimask_outputs``
         (1, 3 or 4) overrides it. Scores are the IoU head's unless ``use_stability_score``.
+        ``features`` (EdgeSAM's keyword): an embedding (1,256,S/16,S/16) to use instead of the set image's.
         ``num_outputs`` / ``score`` are the deprecated spellings of the last two.
         """
         if box is not None and np.asarray(box).ndim == 2 and np.asarray(box).shape[0] != 1:
@@ -337,15 +342,31 @@ class Predictor:
             raise ValueError("predict() takes points (P,2); use predict_batch() for (N,P,2)")
         n_out = self._num_outputs(multimask_output, num_multimask_outputs, num_outputs)
         score = score or ("stability" if use_stability_score else "iou")
-        p = self.predict_batch(point_coords, point_labels, box, mask_input, n_out, return_logits, score)
+        with self._features(features):
+            p = self.predict_batch(point_coords, point_labels, box, mask_input, n_out, return_logits, score)
         return p.masks[0], p.scores[0], p.low_res_logits[0]
+
+    @contextmanager
+    def _features(self, features):
+        """Decode against ``features`` (EdgeSAM's override) for the duration, then restore the set embedding."""
+        if features is None:
+            yield
+            return
+        if self.original_hw is None:
+            raise RuntimeError("call set_image() before predict(): the image size is needed for features")
+        saved = self.embedding
+        self.set_embedding(torch.as_tensor(features).detach().float().cpu().numpy(), self.original_hw, self.input_hw)
+        try:
+            yield
+        finally:
+            self.embedding = saved
 
     @torch.no_grad()
     def predict_torch(self, point_coords: torch.Tensor | None, point_labels: torch.Tensor | None,
                       boxes: torch.Tensor | None = None, mask_input: torch.Tensor | None = None,
                       multimask_output: bool = True, return_logits: bool = False,
-                      num_multimask_outputs: int | None = None, use_stability_score: bool = False
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      num_multimask_outputs: int | None = None, use_stability_score: bool = False, *,
+                      features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """SamPredictor.predict_torch: prompts already in the input frame (``ResizeLongestSide``), batch B.
 
         point_coords (B,P,2), point_labels (B,P), boxes (B,4) XYXY, mask_input (B,1,S/4,S/4) ->
@@ -365,6 +386,7 @@ class Predictor:
             raise ValueError("no prompt given: pass point_coords/point_labels and/or boxes")
         coords, labels = self._join(coords_list, labels_list, pad=boxes is None)
         mask = None if mask_input is None else torch.as_tensor(mask_input).cpu().numpy()
-        low = self._decode(coords, labels, mask, self._num_outputs(multimask_output, num_multimask_outputs, None))
+        with self._features(features):
+            low = self._decode(coords, labels, mask, self._num_outputs(multimask_output, num_multimask_outputs, None))
         masks = torch.from_numpy(self.upsample(low.low_res_logits, return_logits))
         return masks, (low.stability if use_stability_score else low.iou), low.low_res_logits
