@@ -18,7 +18,8 @@ from torch import nn
 from ..data.transforms import PIXEL_MEAN, PIXEL_STD
 from ..models.edgesam import EdgeSAM
 from ..models.layers import fuse_for_deploy
-from .onnx_export import DEFAULT_OPSET, FP32_SCOPES_KEY, _bicubic_as_conv, _export, _finalise, _fp32_scopes
+from ..models.bicubic import bicubic_as_conv
+from .onnx_export import DEFAULT_OPSET, FP32_SCOPES_KEY, _export, _finalise, _fp32_scopes
 
 UINT8_ENCODER_INPUTS = ("image",)
 UINT8_ENCODER_OUTPUTS = ("image_embeddings",)
@@ -47,7 +48,7 @@ def export_uint8_encoder(model: EdgeSAM, path: str | Path, fuse: bool = True, op
     encoder = copy.deepcopy(model.image_encoder).cpu().float().eval()
     if fuse:
         fuse_for_deploy(encoder)
-    _bicubic_as_conv(encoder)
+    bicubic_as_conv(encoder)
     s = model.img_size
     wrapper = Uint8Encoder(encoder, s).eval()
     example = torch.zeros(1, 3, s * 3 // 4, s, dtype=torch.uint8)  # h < S so the pad is traced, not folded away
