@@ -81,10 +81,11 @@ def main() -> int:
     lines = [f"One `predict_batch` call, {args.boxes} boxes x 4 outputs, {hw[0]}x{hw[1]} image "
              f"({hw[0] * hw[1] / 1e6:.1f} MP), random weights, 1 thread, load average {load_average():.1f} "
              "(machine shared with other jobs: seconds are noisy, memory is not).", "",
-             "| variant | masks returned | peak RSS (MB) | RSS before the call (MB) | seconds |", "|---|---|---|---|---|"]
+             "| variant | masks returned | peak RSS (MB) | RSS before the call (MB) | added by the call (MB) | seconds |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {names[r['variant']]} | {'x'.join(map(str, r['masks_shape']))} | {r['peak_rss_mb']:.0f} | "
-                     f"{r['rss_before_mb']:.0f} | {r['seconds']:.2f} |")
+                     f"{r['rss_before_mb']:.0f} | {r['peak_rss_mb'] - r['rss_before_mb']:.0f} | {r['seconds']:.2f} |")
     lines += ["", f"Command: `python benchmarks/predict_memory.py --megapixels {args.megapixels:g} --boxes {args.boxes}"
               + (" --baseline-pythonpath <checkout before the change>" if args.baseline_pythonpath else "") + "`"]
     body = "\n".join(lines)
