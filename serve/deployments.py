@@ -134,18 +134,21 @@ def _prompt_arrays(reqs: list[DecodeRequest]) -> dict[str, np.ndarray | None]:
 
 
 def _format_masks(req: DecodeRequest, masks: np.ndarray, stability: np.ndarray, iou: np.ndarray,
-                  low_res: np.ndarray | None = None) -> list[dict]:
-    """masks (N,C,H,W) bool, stability/iou (N,C), low_res (N,C,S/4,S/4) logits -> MaskOut dicts, best-per-prompt
-    when asked; each with its low-res logits (base64 .npy float16 (1,S/4,S/4)) when the request asked."""
+                  low_res: np.ndarray | None = None, output_index: np.ndarray | None = None) -> list[dict]:
+    """masks (N,K,H,W) bool, stability/iou (N,K), low_res (N,K,S/4,S/4) logits -> MaskOut dicts, best-per-prompt
+    when asked; each with its low-res logits (base64 .npy float16 (1,S/4,S/4)) when the request asked.
+    ``output_index`` (N,K): the token index of each given output when the predictor already selected
+    (``Predictor.finish``); then every given output is returned."""
     out = []
     for i in range(masks.shape[0]):
-        if req.select == "all" or masks.shape[1] == 1:
+        if output_index is not None or req.select == "all" or masks.shape[1] == 1:
             picks = range(masks.shape[1])
         else:
             picks = [int(np.argmax(stability[i] if req.select == "stability" else iou[i]))]
         for j in picks:
             m = masks[i, j]
-            item = {"prompt_index": i, "output_index": j, "score": float(stability[i, j]),
+            item = {"prompt_index": i, "output_index": j if output_index is None else int(output_index[i, j]),
+                    "score": float(stability[i, j]),
                     "stability_score": float(stability[i, j]), "iou": float(iou[i, j]), "bbox": mask_to_bbox(m),
                     "area": int(m.sum())}
             if req.fmt == "png":
@@ -211,8 +214,8 @@ class MaskDecoder:
         """One decoder call for the group; if it is rejected, decode one by one so only the bad request fails."""
         counts = [r.num_prompts for r in group]
         try:
-            pred = self._predictor(group[0], sum(counts)).predict_batch(
-                **_prompt_arrays(group), num_outputs=group[0].num_outputs)
+            predictor = self._predictor(group[0], sum(counts))
+            low = predictor.decode_batch(**_prompt_arrays(group), num_outputs=group[0].num_outputs)
         except ValueError as e:
             if len(group) == 1:
                 return [{"error": str(e)}]
@@ -221,8 +224,9 @@ class MaskDecoder:
         out, start = [], 0
         for r, n in zip(group, counts):
             sl = slice(start, start + n)
-            out.append({"masks": _format_masks(r, pred.masks[sl], pred.stability[sl], pred.iou[sl],
-                                               pred.low_res_logits[sl])})
+            pred = predictor.finish(low[sl], r.select)  # token choice at low res: only kept masks are upsampled
+            out.append({"masks": _format_masks(r, pred.masks, pred.stability, pred.iou, pred.low_res_logits,
+                                               pred.output_index)})
             start += n
         return out
 

@@ -277,9 +277,9 @@ def test_predictor_on_ort_matches_torch(model, exported):
     a = ref.predict_batch(boxes=boxes, point_coords=np.array([[120, 60]]), point_labels=np.array([1]))
     b = ort.predict_batch(boxes=boxes, point_coords=np.array([[120, 60]]), point_labels=np.array([1]))
     assert mask_iou(a.masks, b.masks) >= 0.99
-    m_a, _, low = ref.predict(box=boxes[0])
-    m_b, _, _ = ort.predict(box=boxes[0], mask_input=low[None])
-    m_c, _, _ = ref.predict(box=boxes[0], mask_input=low[None])
+    m_a, _, low = ref.predict(box=boxes[0], multimask_output=False)
+    m_b, _, _ = ort.predict(box=boxes[0], mask_input=low, multimask_output=False)
+    m_c, _, _ = ref.predict(box=boxes[0], mask_input=low, multimask_output=False)
     assert mask_iou(m_b, m_c) >= 0.99
     for k in range(a.masks.shape[0]):
         assert mask_iou(a.masks[k], b.masks[k]) >= 0.99

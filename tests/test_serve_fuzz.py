@@ -330,7 +330,7 @@ def test_fuzz_never_5xx_then_still_correct(server, scene, embedding_id):
     fuse_for_deploy(model)
     predictor = Predictor.from_model(model)
     predictor.set_image(scene["image"])
-    ref = predictor.predict(np.array([[60.0, 40.0]], np.float32), np.array([1]))[0][0]
+    ref = predictor.predict(np.array([[60.0, 40.0]], np.float32), np.array([1]), multimask_output=False)[0][0]
     r = session.post(url + "/v1/segment", json={"embedding_id": embedding_id, "points": [[60, 40]], "labels": [1]},
                      timeout=60)
     assert r.status_code == 200, r.text

@@ -182,8 +182,8 @@ def test_predictor_on_tensorrt(onnx_dir):
     for p in (trt_p, ref_p):
         p.set_image(img)
     box = np.array([50, 20, 210, 120])
-    a, _, _ = trt_p.predict(box=box, num_outputs=4)
-    b, _, _ = ref_p.predict(box=box, num_outputs=4)
+    a, _, _ = trt_p.predict(box=box, num_multimask_outputs=4)
+    b, _, _ = ref_p.predict(box=box, num_multimask_outputs=4)
     assert _iou(a, b) >= 0.9
 
 

@@ -76,7 +76,7 @@ class Preprocessing(BaseModel):
 
     def identity(self) -> dict:
         return {"img_size": self.img_size, "pixel_mean": list(PIXEL_MEAN), "pixel_std": list(PIXEL_STD),
-                "resize": "longest-side bilinear antialias, pad bottom/right", "jpeg_quality": self.jpeg_quality,
+                "resize": "longest-side PIL bilinear on uint8 (segment-anything ResizeLongestSide), pad bottom/right", "jpeg_quality": self.jpeg_quality,
                 "num_prompts": self.num_prompts, "prompt_seed": self.prompt_seed,
                 "cache_format_version": CACHE_FORMAT_VERSION}
 

@@ -1,4 +1,7 @@
-"""SAM preprocessing: resize the longest side (antialiased), normalise, pad bottom/right.
+"""SAM preprocessing: resize the longest side, normalise, pad bottom/right.
+
+uint8 images are resized exactly as segment-anything does it (its ``ResizeLongestSide.apply_image``: PIL
+bilinear on uint8 through torchvision), so masks match the reference SamPredictor end to end.
 
 Coordinates everywhere are x-y pixels. The "input frame" is the resized, unpadded image placed at the
 top-left of the S x S padded square; padding needs no coordinate offset.
@@ -28,10 +31,15 @@ class ResizeLongestSide:
     target: int
 
     def apply_image(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """uint8 HxWx3 (numpy) or (B,3,H,W) tensor -> float (B,3,h,w) resized with bilinear + antialias."""
-        t = torch.as_tensor(np.array(image, copy=not image.flags.writeable) if isinstance(image, np.ndarray) else image)
-        if t.ndim == 3:
-            t = t.permute(2, 0, 1)[None]
+        """uint8 HxWx3 numpy -> float (1,3,h,w) with integer values 0..255, resized by segment-anything's
+        ``ResizeLongestSide.apply_image`` (PIL bilinear on uint8, SAM's and EdgeSAM's preprocessing).
+        A (B,3,H,W) tensor is resized as SAM's ``apply_image_torch`` does (torch bilinear + antialias)."""
+        if isinstance(image, np.ndarray):
+            from segment_anything.utils.transforms import ResizeLongestSide as SamResize
+
+            resized = SamResize(self.target).apply_image(np.ascontiguousarray(image))  # (h,w,3) uint8
+            return torch.from_numpy(resized).permute(2, 0, 1)[None].float()
+        t = torch.as_tensor(image)
         h, w = resized_shape(t.shape[-2], t.shape[-1], self.target)
         return F.interpolate(t.float(), (h, w), mode="bilinear", align_corners=False, antialias=True)
 

@@ -273,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="write the bicubic upsample as ONNX Resize (slower in ORT) instead of its exact conv form")
     parser.add_argument("--seed", type=int, default=0, help="seed for --random")
     parser.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
+    from .flavors import add_flavor_args, export_flavor, wants_flavor  # client contracts (--flavor, --encoder-input)
+
+    add_flavor_args(parser)
     args = parser.parse_args(argv)
     if args.img_size <= 0 or args.img_size % 64:
         parser.error(f"--img-size must be a positive multiple of 64, got {args.img_size}")
@@ -287,8 +290,14 @@ def main(argv: list[str] | None = None) -> int:
 
         model, _ = load_student(args.checkpoint, args.img_size)
         digest = sha256_file(args.checkpoint)
-    paths = export_all(model, args.out, fuse=not args.no_fuse, opset=args.opset, checkpoint_sha256=digest,
-                       cubic_as_conv=not args.cubic_resize)
+    if wants_flavor(args):
+        paths = export_flavor(model, args.out, args.flavor, args.encoder_input, fuse=not args.no_fuse, opset=args.opset,
+                              checkpoint_sha256=digest, sam_single_mask=not args.sam_multimask,
+                              cubic_as_conv=not args.cubic_resize)
+        args.no_verify = True  # _verify drives the native graphs; tests/test_onnx_flavors.py drives the flavours
+    else:
+        paths = export_all(model, args.out, fuse=not args.no_fuse, opset=args.opset, checkpoint_sha256=digest,
+                           cubic_as_conv=not args.cubic_resize)
     for k, p in paths.items():
         print(f"{k}: {p} ({p.stat().st_size / 1e6:.1f} MB)")
     if not args.no_verify:
