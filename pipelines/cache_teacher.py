@@ -36,7 +36,7 @@ class DataCfg(StrictModel):
 
 
 class TeacherCfg(StrictModel):
-    name: str = "tiny"  # tiny | vit_b | vit_l | vit_h
+    name: str = "tiny"  # tiny | vit_b | vit_l | vit_h | sam_micro_128 | sam_small_256 (pipelines/train_teacher.py)
     checkpoint: str | None = None  # e.g. /models/sam_vit_h_4b8939.pth
     tiny_seed: int = 0
 
@@ -116,12 +116,14 @@ def build_dataset(cfg: CacheConfig, sources: list[str], fmt: str, done_ids: froz
 
 def teacher_identity(cfg: CacheConfig) -> dict:
     """Identity without building the model on the driver (ViT-H is 2.5 GB)."""
-    from edgesam.models.teacher import REGISTRY_NAMES, TinyViTConfig, sha256_file
+    from edgesam.models.teacher import REGISTRY_NAMES, SMALL_CONFIGS, TinyViTConfig, sha256_file
 
     t = cfg.teacher
     digest = sha256_file(t.checkpoint) if t.checkpoint else None
     if t.name in REGISTRY_NAMES:
         return {"name": t.name, "img_size": 1024, "checkpoint_sha256": digest}
+    if t.name in SMALL_CONFIGS:  # the small registry-style teachers (pipelines/train_teacher.py)
+        return {"name": t.name, "img_size": SMALL_CONFIGS[t.name].img_size, "checkpoint_sha256": digest}
     tiny = TinyViTConfig()
     return {"name": f"tiny-d{tiny.depth}-w{tiny.embed_dim}-seed{t.tiny_seed}", "img_size": cfg.preprocessing.img_size,
             "checkpoint_sha256": digest}

@@ -26,6 +26,7 @@ class StepConfig(StrictModel):
     decode_iters: int = 2  # prompt_kd: initial decode + refinement iterations
     max_prompts: int = 16  # prompt_kd: GT prompts per image
     point_prob: float = 0.5  # prompt_kd: P(point prompts) per batch, else boxes
+    train_decoder: bool = True  # prompt_kd: False freezes the mask decoder (the paper's freezing ablation)
     # prompt_kd: "teacher" (the paper), "gt" (GT masks from the cache, for labelled data or a weak teacher)
     # or "teacher+gt" (teacher loss + gt_weight x GT loss)
     mask_target: Literal["teacher", "gt", "teacher+gt"] = "teacher"

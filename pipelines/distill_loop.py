@@ -183,7 +183,7 @@ def train_loop_per_worker(config: dict) -> None:
         model.prompt_encoder.load_state_dict(teacher_pd.prompt_encoder.state_dict())
         model.mask_decoder.load_state_dict(teacher_pd.mask_decoder.state_dict())
     if step.kind == "prompt_kd":
-        freeze_for_prompt_kd(model)
+        freeze_for_prompt_kd(model, train_decoder=step.train_decoder)
         loss_module: nn.Module = PromptKD(model, teacher_pd)
     elif step.kind == "encoder_kd":
         loss_module = EncoderKD(model)

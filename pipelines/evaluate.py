@@ -138,10 +138,10 @@ def teacher_decoder_for(cache_teacher: dict, img_size: int, recorded: str | None
     ``recorded`` the teacher checkpoint a distillation run wrote into the student's meta, ``given`` the
     ``--teacher-checkpoint`` option. A random-weight teacher (digest None) is rebuilt from its seed."""
     from edgesam.models import build_teacher_prompt_decoder
-    from edgesam.models.teacher import REGISTRY_NAMES, sha256_file
+    from edgesam.models.teacher import REGISTRY_NAMES, SMALL_CONFIGS, sha256_file
 
     name = cache_teacher["name"]
-    tname = name if name in REGISTRY_NAMES else "tiny"
+    tname = name if name in (*REGISTRY_NAMES, *SMALL_CONFIGS) else "tiny"  # small: pipelines/train_teacher.py
     seed = int(name.rsplit("seed", 1)[-1]) if "seed" in name else 0
     want = cache_teacher.get("checkpoint_sha256")
     if want is None:

@@ -36,10 +36,11 @@ def encoder_kd_step(student_encoder: nn.Module, images: torch.Tensor, teacher_em
     return loss, {"mse": loss.detach()}
 
 
-def freeze_for_prompt_kd(student: EdgeSAM) -> EdgeSAM:
-    """Stage-2 trainability: prompt encoder frozen; image encoder and the whole mask decoder trainable."""
+def freeze_for_prompt_kd(student: EdgeSAM, train_decoder: bool = True) -> EdgeSAM:
+    """Stage-2 trainability: prompt encoder frozen; image encoder and the whole mask decoder trainable
+    (``train_decoder=False``: the decoder frozen too, the paper's freezing ablation)."""
     student.image_encoder.requires_grad_(True)
-    student.mask_decoder.requires_grad_(True)
+    student.mask_decoder.requires_grad_(train_decoder)
     student.prompt_encoder.requires_grad_(False)
     return student
 
