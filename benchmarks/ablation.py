@@ -74,6 +74,7 @@ def run_local(cfg, split: dict, variant: str, seed: int, steps1: int, steps2: in
     steps: dict[str, int] = {}
     for h in history:
         steps[h["kind"]] = steps.get(h["kind"], 0) + 1
+    metrics = {**metrics, **{f"s_per_step/{k}": float(np.mean([h["s"] for h in history if h["kind"] == k])) for k in steps}}
     return metrics, steps, time.time() - t0
 
 
@@ -119,6 +120,56 @@ def table(results: dict[str, list[dict]], ref: str) -> list[str]:
     return rows
 
 
+def cmd_line(a, steps1: int, steps2: int, variants: list[str]) -> str:
+    return (f"python benchmarks/ablation.py --teacher-name {a.teacher_name}"
+            + (f" --teacher-checkpoint {a.teacher_checkpoint}" if a.teacher_checkpoint else "")
+            + f" --img-size {a.img_size} --images {a.images} --steps1 {steps1} --steps2 {steps2} --batch-size {a.batch_size}"
+            + f" --seeds {' '.join(map(str, a.seeds))} --variants {' '.join(variants)} --engine {a.engine}"
+            + (f" --work-dir {a.work_dir}" if a.work_dir else ""))
+
+
+def render(results: dict[str, list[dict]], metas: list[dict]) -> str:
+    """The BENCHMARKS.md section: tables vs GT and vs teacher (mean ± std over seeds), commands, wall times."""
+    info = machine_info(1)
+    m0 = metas[0]
+    first = next(iter(results.values()))[0]["metrics"]
+    teacher_row = ("| teacher vs GT (same held-out instances) | - | "
+                   + " | ".join(f"{first[f'teacher_vs_gt/{k}']:.1f}" for k in (*TABLE_STAGES, "box+1", "box+2")) + " |")
+    walls = "; ".join(f"{v}: " + ", ".join(f"s{r['seed']} {r['wall_s']:.0f}" for r in runs) + " s" for v, runs in results.items())
+    per_step = {k: np.mean([r["metrics"][f"s_per_step/{k}"] for runs in results.values() for r in runs
+                            if f"s_per_step/{k}" in r["metrics"]]) for k in ("encoder_kd", "prompt_kd")}
+    walls += ". Mean student step: " + ", ".join(f"{k} {v:.2f} s" for k, v in per_step.items() if np.isfinite(v))
+    cmds = "; ".join(f"`{m['cmd']}` ({m['seconds']} s)" for m in metas)
+    ckpt = m0["teacher_checkpoint"]
+    return "\n".join([
+        f"Commands: {cmds}, then `python benchmarks/ablation.py --merge --work-dir ... --out BENCHMARKS.md` "
+        f"({info['date']}, {info['cpu']}, 1 torch thread per process, the 2 cores shared with other jobs). "
+        f"Teacher `{m0['teacher_name']}` ({'checkpoint ' + ckpt if ckpt else 'RANDOM weights'}), "
+        f"synthetic SA-1B-format set of {m0['images']} images at img_size {m0['img_size']}, batch {m0['batch_size']}, "
+        f"{m0['steps1'] + m0['steps2']} student steps per run (step 1 / step 2 = {m0['steps1']} / {m0['steps2']} where "
+        f"step 2 runs). mIoU x100 on {first['student_vs_gt/num_instances']:.0f} held-out instances, first mask token, "
+        "seeded refinement clicks from the error region; mean ± sample std over seeds.", "",
+        *table(results, "gt"), teacher_row, "", *table(results, "teacher"), "",
+        f"Wall time per run: {walls}."])
+
+
+def merge(work_dir: Path) -> tuple[dict[str, list[dict]], list[dict]]:
+    """Combine the ``ablation-s*.json`` files of parallel invocations (one per seed set) in ``work_dir``."""
+    results: dict[str, list[dict]] = {}
+    metas = []
+    for f in sorted(work_dir.glob("ablation-s*.json")):
+        doc = json.loads(f.read_text())
+        metas.append(doc["meta"])
+        for v, runs in doc["results"].items():
+            results.setdefault(v, []).extend(runs)
+    if not metas:
+        raise SystemExit(f"no ablation-s*.json in {work_dir}")
+    keys = {(m["teacher_name"], m["images"], m["img_size"], m["batch_size"], m["steps1"], m["steps2"]) for m in metas}
+    if len(keys) > 1:
+        raise SystemExit(f"the runs in {work_dir} differ in setup: {keys}")
+    return {v: sorted(r, key=lambda x: x["seed"]) for v, r in results.items()}, metas
+
+
 def main(argv: list[str] | None = None) -> int:
     import ray
 
@@ -136,8 +187,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-images", type=int, default=12)
     p.add_argument("--engine", choices=("local", "ray"), default="local")
     p.add_argument("--work-dir", default=None, help="keep runs here (default: a temporary folder, removed)")
+    p.add_argument("--merge", action="store_true", help="only combine --work-dir's ablation-s*.json and report")
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
+    if a.merge:
+        if not a.work_dir:
+            p.error("--merge needs --work-dir")
+        body = render(*merge(Path(a.work_dir)))
+        print(body)
+        if a.out:
+            replace_section(a.out, "ablation", "## Distillation ablation: encoder KD vs + prompt-in-the-loop (issues 4, 14)", body)
+        return 0
     variants = list(VARIANTS) if a.variants == ["all"] else a.variants
     if a.steps is None:
         if a.steps1 is None or a.steps2 is None:
@@ -190,24 +250,13 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not a.work_dir:
             shutil.rmtree(tmp, ignore_errors=True)
-    info = machine_info(2)
-    first = next(iter(results.values()))[0]["metrics"]
-    teacher_row = ("| teacher vs GT (same held-out instances) | - | "
-                   + " | ".join(f"{first[f'teacher_vs_gt/{k}']:.1f}" for k in (*TABLE_STAGES, "box+1", "box+2")) + " |")
-    walls = "; ".join(f"{v}: " + ", ".join(f"{r['wall_s']:.0f}" for r in runs) + " s" for v, runs in results.items())
-    cmd = (f"python benchmarks/ablation.py --teacher-name {a.teacher_name}"
-           + (f" --teacher-checkpoint {a.teacher_checkpoint}" if a.teacher_checkpoint else "")
-           + f" --img-size {a.img_size} --images {a.images} --steps1 {steps1} --steps2 {steps2} --batch-size {a.batch_size}"
-           + f" --seeds {' '.join(map(str, a.seeds))} --variants {' '.join(variants)} --engine {a.engine} --out BENCHMARKS.md")
-    body = "\n".join([
-        f"Command: `{cmd}` ({info['date']}, {info['cpu']}, shared by other jobs, {time.time() - t0:.0f} s in all). "
-        f"Teacher `{a.teacher_name}` ({'checkpoint ' + a.teacher_checkpoint if ckpt else 'RANDOM weights'}), "
-        f"synthetic SA-1B-format set of {a.images} images at img_size {a.img_size}, batch {a.batch_size}, "
-        f"{steps1 + steps2} student steps per run (step 1 / step 2 = {steps1} / {steps2} where step 2 runs). mIoU x100 "
-        f"on {first['student_vs_gt/num_instances']:.0f} held-out instances, first mask token, seeded refinement "
-        "clicks from the error region; mean ± sample std over seeds.", "",
-        *table(results, "gt"), teacher_row, "", *table(results, "teacher"), "",
-        f"Wall time per run (seeds in order): {walls}."])
+    meta = {"cmd": cmd_line(a, steps1, steps2, variants), "teacher_name": a.teacher_name,
+            "teacher_checkpoint": a.teacher_checkpoint, "images": a.images, "img_size": a.img_size,
+            "batch_size": a.batch_size, "steps1": steps1, "steps2": steps2, "seconds": round(time.time() - t0)}
+    if a.work_dir:
+        name = "ablation-s" + "-".join(map(str, a.seeds)) + ".json"
+        (Path(a.work_dir) / name).write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    body = render(results, [meta])
     print(body)
     if a.out:
         replace_section(a.out, "ablation", "## Distillation ablation: encoder KD vs + prompt-in-the-loop (issues 4, 14)", body)

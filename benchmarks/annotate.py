@@ -41,6 +41,14 @@ from edgesam.eval.everything_eval import CATEGORY, evaluate_everything  # noqa: 
 HEADING = "## Bulk auto-annotation (issue: RPN-driven segment everything)"
 SECTION = "annotate"
 SIZE_RANGE = (192, 320)
+# --student: which synthetic student (checkpoint, img_size, description); "kd" is distilled from the trained
+# small SAM teacher (configs/synthetic-kd.yaml), "gt" trained its decoder on GT masks (configs/synthetic-gt.yaml)
+STUDENTS = {
+    "gt": ("runs/synthetic-gt/student.pt", 256, "the synthetic-gt student (`python pipelines/distill.py --config "
+           "synthetic-gt`: step 1 against a RANDOM tiny teacher, step 2 trained on the GT masks, step 3 the RPN; 256 px)"),
+    "kd": ("runs/synthetic-kd/student.pt", 128, "the synthetic-kd student (`python pipelines/distill.py --config "
+           "synthetic-kd`: steps 1 and 2 distilled from the trained small SAM teacher, no GT masks; step 3 the RPN; 128 px)"),
+}
 BASE_OVERRIDES = ("model.img_size=256", "everything.stability_score_thresh=0.8", "everything.rpn_score_thresh=0.3",
                   "compute.num_cpus=0.5", "ray_address=local")
 
@@ -114,15 +122,15 @@ def _f(v: float | None, fmt: str = ".3f") -> str:
     return "n/a" if v is None else format(v, fmt)
 
 
-def render(cmd: str, info: dict, n: int, seed: int, checkpoint: Path, results: list[dict], extra: list[str]) -> str:
+def render(cmd: str, info: dict, n: int, seed: int, checkpoint: Path, results: list[dict], extra: list[str],
+           student: str = "gt") -> str:
     loads = [x for r in results for x in r["loads"]]
     lines = [f"Command: `{cmd}`", "",
              f"Machine: {info['cpu']}, {info['logical_cpus']} logical CPUs (shared); one actor with 1 torch thread "
              f"(`compute.num_cpus=0.5`{', unless the extra overrides change it' if extra else ''}); torch {info['torch']}, Python {info['python']}; {info['date']}; 1-min load "
              f"average {min(loads):.2f}-{max(loads):.2f} before/after the runs.", "",
-             f"Model: `{checkpoint}`, the synthetic-gt student (`python pipelines/distill.py --config synthetic-gt`: "
-             "step 1 against a RANDOM tiny teacher, step 2 trained on the GT masks, step 3 the RPN; 256 px), torch "
-             f"eager on CPU (`-ort` rows: ONNX Runtime via `model.backend=onnxruntime`, the checkpoint exported once), S = 256. Images: {n} held-out images of the synthetic SA-1B-format set (seed {seed}, long "
+             f"Model: `{checkpoint}`, {STUDENTS[student][2]}, torch "
+             f"eager on CPU (`-ort` rows: ONNX Runtime via `model.backend=onnxruntime`, the checkpoint exported once), S = {STUDENTS[student][1]}. Images: {n} held-out images of the synthetic SA-1B-format set (seed {seed}, long "
              f"side {SIZE_RANGE[0]}-{SIZE_RANGE[1]} px, JPEG; training used seed 0), GT = their exact instance masks.", "",
              "Each mode runs `python pipelines/annotate.py --input imgs --output out_<mode> model.checkpoint=... "
              + " ".join(BASE_OVERRIDES) + " everything.mode=<mode>" + (" " + " ".join(extra) if extra else "")
@@ -156,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=24)
     p.add_argument("--seed", type=int, default=3, help="synthetic set seed (training used 0)")
-    p.add_argument("--checkpoint", type=Path, default=Path("runs/synthetic-gt/student.pt"))
+    p.add_argument("--student", choices=sorted(STUDENTS), default="gt",
+                   help="kd: the teacher-distilled student (its own section, S=128); gt: the GT-trained one")
+    p.add_argument("--checkpoint", type=Path, default=None, help="default: the --student's checkpoint")
     p.add_argument("--modes", default="rpn,grid,rpn-ort",
                    help="comma list; each run gets everything.mode=<mode> (torch); <mode>-ort adds model.backend=onnxruntime")
     p.add_argument("--timeout", type=float, default=900, help="seconds per pipeline run")
@@ -165,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None, help="also write the raw numbers here")
     p.add_argument("overrides", nargs="*", help="extra pipeline overrides (key=value), appended for every mode")
     args = p.parse_args(argv)
+    args.checkpoint = args.checkpoint or Path(STUDENTS[args.student][0])
+    if args.student != "gt":  # its own img_size (later overrides win) and its own section beside the gt one
+        args.overrides = [f"model.img_size={STUDENTS[args.student][1]}", *args.overrides]
+    section, heading = (SECTION, HEADING) if args.student == "gt" else (f"{SECTION}-{args.student}", f"{HEADING} ({args.student} student)")
     cmd = "python benchmarks/annotate.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not modes or any(m.split("-")[0] not in ("rpn", "grid") or m.split("-")[1:] not in ([], ["ort"]) for m in modes):
@@ -189,12 +203,12 @@ def main(argv: list[str] | None = None) -> int:
             r["eval"] = evaluate(gt, work / f"out_{mode}" / "annotations.json")
         print(f"[bench] {mode}: {r['wall_s']:.1f} s, summary {r['summary']}, eval {r.get('eval')}", flush=True)
         results.append(r)
-    body = render(cmd, info, args.images, args.seed, args.checkpoint, results, args.overrides)
-    replace_section(args.out, SECTION, HEADING, body)
+    body = render(cmd, info, args.images, args.seed, args.checkpoint, results, args.overrides, args.student)
+    replace_section(args.out, section, heading, body)
     if args.json:
         args.json.write_text(json.dumps({"info": info, "command": cmd, "work": str(work), "results": results}, indent=2))
     print(body)
-    print(f"wrote section '{SECTION}' of {args.out}; total {time.perf_counter() - t0:.1f} s")
+    print(f"wrote section '{section}' of {args.out}; total {time.perf_counter() - t0:.1f} s")
     return 0 if all(r["summary"] is not None and r["summary"]["failed"] == 0 for r in results) else 1
 
 

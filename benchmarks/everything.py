@@ -4,6 +4,8 @@
     python benchmarks/everything.py --checkpoint runs/sa1b/student.pt ...   # a distilled student with an RPN
     python benchmarks/everything.py --checkpoint runs/synthetic-gt/student.pt --img-size 256 \
         --dataset-sizes 192,320 --seed 2 --images 24 stability_score_thresh=0.8 rpn_score_thresh=0.3
+    python benchmarks/everything.py --checkpoint runs/synthetic-kd/student.pt --img-size 128 ...   # distilled from
+        # the trained small SAM teacher (configs/synthetic-kd.yaml), beside the GT-trained one
 
 Images are synthetic scenes (``edgesam.data.synthetic.make_scene``) with exact instance masks, so recall and AP
 are computed against true GT. Without ``--checkpoint`` the student and RPN have RANDOM weights: the timings

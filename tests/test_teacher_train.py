@@ -98,3 +98,16 @@ def test_registry_refuses_wrong_size_and_missing_file(tmp_path):
         build_teacher(NAME, None, 256)
     with pytest.raises(FileNotFoundError):
         build_teacher(NAME, tmp_path / "nope.pth", SMALL_CONFIGS[NAME].img_size)
+
+
+def test_prompt_kd_can_freeze_the_decoder():
+    from edgesam.distill.steps import freeze_for_prompt_kd
+    from edgesam.models import EdgeSAM
+
+    m = EdgeSAM(128)
+    freeze_for_prompt_kd(m, train_decoder=False)
+    assert not any(p.requires_grad for p in m.mask_decoder.parameters())
+    assert not any(p.requires_grad for p in m.prompt_encoder.parameters())
+    assert all(p.requires_grad for p in m.image_encoder.parameters())
+    freeze_for_prompt_kd(m)
+    assert all(p.requires_grad for p in m.mask_decoder.parameters())
