@@ -187,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-images", type=int, default=12)
     p.add_argument("--engine", choices=("local", "ray"), default="local")
     p.add_argument("--work-dir", default=None, help="keep runs here (default: a temporary folder, removed)")
+    p.add_argument("--cache-only", action="store_true", help="build the teacher cache in --work-dir and stop "
+                   "(then run seed sets in parallel processes on it)")
     p.add_argument("--merge", action="store_true", help="only combine --work-dir's ablation-s*.json and report")
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
@@ -228,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
             split = make_split(cfg)
             print(f"[ablation] cache ready ({split['num_train']} train, {len(split['holdout_ids'])} held-out images, "
                   f"{time.time() - t0:.0f} s)", flush=True)
+            if a.cache_only:
+                return 0
         for seed in a.seeds:
             for v in variants:
                 if a.engine == "local":

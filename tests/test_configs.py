@@ -7,6 +7,7 @@ import pytest
 
 from edgesam.config import load_config
 from edgesam.inference.everything import EverythingConfig
+from edgesam.teacher_train.loop import TeacherTrainConfig
 from pipelines.annotate import AnnotateConfig
 from pipelines.cache_teacher import CacheConfig
 from pipelines.distill_config import DistillConfig
@@ -15,7 +16,7 @@ from serve.config import ServeAppConfig
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 MODELS = {"quickstart": DistillConfig, "sa1b-1pct": DistillConfig, "synthetic-gt": DistillConfig,
           "sa1b-1pct-cache": CacheConfig, "annotate": AnnotateConfig, "everything": EverythingConfig,
-          "serve": ServeAppConfig}
+          "serve": ServeAppConfig, "synthetic-teacher": TeacherTrainConfig, "synthetic-kd": DistillConfig}
 
 
 def test_every_config_file_is_covered():

@@ -58,6 +58,7 @@ class TeacherOptimCfg(StrictModel):
 
 class TeacherTrainConfig(StrictModel):
     name: str = "sam_small_256"  # a registry-style small SAM (edgesam.models.teacher.SMALL_CONFIGS)
+    init_checkpoint: str | None = None  # continue from a teacher.pth (weights only; a fresh optimizer and schedule)
     seed: int = 0
     torch_threads: int = 2
     # wall-time budget: the cosine schedule runs on max(step / steps, elapsed / budget), so a run on a busy
@@ -150,7 +151,7 @@ def train_teacher(cfg: TeacherTrainConfig, log: Callable[[str], None] = print) -
     ckpt = out / "teacher.pth"
     t0 = time.time()
     size, opt = cfg.img_size, cfg.optim
-    teacher = build_teacher(cfg.name, None, size, seed=cfg.seed)
+    teacher = build_teacher(cfg.name, cfg.init_checkpoint, size, seed=cfg.seed)
     teacher.requires_grad_(True).train()
     params = [p for p in teacher.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": opt.weight_decay},
