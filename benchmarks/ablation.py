@@ -248,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
                 results[v].append({"seed": seed, "metrics": metrics, "steps": steps, "wall_s": round(wall, 1)})
                 print(f"[ablation] {v} seed {seed}: {steps} steps, {wall:.0f} s: "
                       + " ".join(f"{k} {metrics[f'student_vs_gt/{k}']:.1f}" for k in STAGES), flush=True)
-                (tmp / "ablation.json").write_text(json.dumps(results, indent=1))
+                # per seed set, so parallel invocations on one --work-dir do not overwrite each other's progress
+                (tmp / ("partial-s" + "-".join(map(str, a.seeds)) + ".json")).write_text(json.dumps(results, indent=1))
         if ray.is_initialized():
             ray.shutdown()
     finally:
