@@ -42,7 +42,8 @@ COMMANDS: dict[str, Command] = {
                         "pipelines.annotate:AnnotateConfig", "annotate"),
     "serve": Command("serve.launch:main", "run the Ray Serve application (serve.app:edgesam) until Ctrl-C",
                      "serve.config:ServeAppConfig", "serve"),
-    "train-teacher": Command("pipelines.train_teacher:main", "train a small SAM teacher on synthetic scenes"),
+    "train-teacher": Command("pipelines.train_teacher:main", "train a small SAM teacher on synthetic scenes",
+                             "edgesam.teacher_train.loop:TeacherTrainConfig", "synthetic-teacher"),
     "bench": Command("edgesam.cli:run_benchmark", "run benchmarks/NAME.py (from a source checkout)"),
 }
 
