@@ -3,7 +3,7 @@
     python pipelines/cache_teacher.py [--config quickstart-cache] [key=value ...]
     ray job submit --working-dir . -- python pipelines/cache_teacher.py --config sa1b-1pct-cache
 
-Stages: read (one task per tar shard / folder) -> decode + resize + prompts (tasks) -> teacher
+Stages: read (one streaming task per tar shard, per chunk of a COCO set or folder; bounded blocks) -> decode + resize + prompts (tasks) -> teacher
 (stateful actor pool, GPUs from config) -> shard writer (tasks, atomic files) -> manifest.json.
 Rerunning the same command resumes: images already in complete shards are not recomputed. A cache
 made with another teacher or other preprocessing is refused.
@@ -11,11 +11,13 @@ made with another teacher or other preprocessing is refused.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import json
 import sys
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Iterator, Literal
 
 if __package__ in (None, ""):  # `python pipelines/cache_teacher.py` and `ray job submit -- python ...`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -33,6 +35,7 @@ class DataCfg(StrictModel):
     synthetic_if_missing: bool = True  # generate the synthetic sample set at `source` if it does not exist
     sample_images: int = 48
     limit_sources: int | None = None
+    images_per_read_task: int = 64  # COCO sets and folders are cut into read tasks of this many images
 
 
 class TeacherCfg(StrictModel):
@@ -51,6 +54,11 @@ class ComputeCfg(StrictModel):
     preprocess_batch_size: int = 8
     device: str = "auto"
     torch_threads: int | None = None  # intra-op threads per teacher actor on CPU (default: Ray's choice)
+    # Memory bounds of the streaming read: Ray Data blocks of at most this many MiB (a read task holds one
+    # block plus one image pair), and at most this many MiB of blocks in flight in the object store for the
+    # whole job (readers pause when the teacher falls behind). Neither grows with the size of a tar.
+    read_block_mib: int = 32
+    max_inflight_mib: int | None = 2048
 
 
 class OutputCfg(StrictModel):
@@ -68,14 +76,18 @@ class CacheConfig(StrictModel):
     ray_address: str | None = None
 
 
-def _read_source(item: dict, done_ids: frozenset[str]) -> list[dict]:
-    from edgesam.data.readers import iter_source
+def _read_unit(item: dict, done_ids: frozenset[str]) -> Iterator[dict]:
+    """One read unit -> raw rows, lazily: Ray Data cuts the stream into blocks as it goes."""
+    from edgesam.data.read_units import iter_unit
 
-    return list(C.raw_rows(iter_source(item["source"], item["format"]), done_ids))
+    yield from C.raw_rows(iter_unit(json.loads(item["unit"])), done_ids)
 
 
-def resolve_sources(cfg: CacheConfig) -> tuple[list[str], str]:
-    from edgesam.data.readers import detect_format, list_sources
+def resolve_units(cfg: CacheConfig) -> tuple[list[dict], str]:
+    """-> (the read units of :func:`edgesam.data.read_units.plan_units`, the format). Generates the synthetic
+    sample set at ``data.source`` first when it is missing and ``data.synthetic_if_missing`` is set."""
+    from edgesam.data.read_units import plan_units
+    from edgesam.data.readers import detect_format
     from edgesam.data.synthetic import ensure_sample_dataset
 
     src = cfg.data.source
@@ -86,20 +98,44 @@ def resolve_sources(cfg: CacheConfig) -> tuple[list[str], str]:
     if not Path(src).exists() and "://" not in src:
         raise FileNotFoundError(f"data.source not found: {src}")
     fmt = detect_format(src) if cfg.data.format == "auto" else cfg.data.format
-    sources = list_sources(src, fmt)
-    if cfg.data.limit_sources:
-        sources = sources[: cfg.data.limit_sources]
-    return sources, fmt
+    return plan_units(src, fmt, cfg.data.images_per_read_task, cfg.data.limit_sources), fmt
 
 
-def build_dataset(cfg: CacheConfig, sources: list[str], fmt: str, done_ids: frozenset[str]):
-    """The lazy Ray Dataset of summary rows; executing it writes the shards."""
+@contextlib.contextmanager
+def _bounded_memory(comp: ComputeCfg) -> Iterator[None]:
+    """Block size and in-flight bytes for the datasets built inside (see ComputeCfg.read_block_mib).
+
+    A Dataset copies the current DataContext when it is created, so the global one is restored afterwards.
+    """
+    import ray
+
+    saved = ray.data.DataContext.get_current()
+    ctx = copy.deepcopy(saved)
+    ctx.target_max_block_size = comp.read_block_mib * 2**20
+    if comp.max_inflight_mib:
+        ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
+            object_store_memory=comp.max_inflight_mib * 2**20)
+    ray.data.DataContext._set_current(ctx)
+    try:
+        yield
+    finally:
+        ray.data.DataContext._set_current(saved)
+
+
+def build_dataset(cfg: CacheConfig, units: list[dict], done_ids: frozenset[str]):
+    """The lazy Ray Dataset of summary rows; executing it writes the shards. One read task per unit."""
+    with _bounded_memory(cfg.compute):
+        return _build_dataset(cfg, units, done_ids)
+
+
+def _build_dataset(cfg: CacheConfig, units: list[dict], done_ids: frozenset[str]):
     import ray
 
     pre = cfg.preprocessing
     comp = cfg.compute
-    ds = ray.data.from_items([{"source": s, "format": fmt} for s in sources], override_num_blocks=max(1, len(sources)))
-    ds = ds.flat_map(_read_source, fn_kwargs={"done_ids": done_ids})
+    # a unit travels as a JSON string: COCO annotations are too irregular for an Arrow struct column
+    ds = ray.data.from_items([{"unit": json.dumps(u)} for u in units], override_num_blocks=max(1, len(units)))
+    ds = ds.flat_map(_read_unit, fn_kwargs={"done_ids": done_ids})
     ds = ds.map_batches(C.preprocess_table, batch_format="pyarrow", batch_size=comp.preprocess_batch_size,
                         fn_kwargs={"pre": pre})
     remote_args = {"resources": comp.teacher_resources} if comp.teacher_resources else {}
@@ -165,19 +201,20 @@ def run_cache(cfg: CacheConfig) -> dict:
     done, removed = C.scan_done_ids(out_dir)
     for msg in removed:
         print(f"[cache] resume: {msg}")
-    sources, fmt = resolve_sources(cfg)
+    units, fmt = resolve_units(cfg)
+    sources = sorted({u["source"] for u in units})
     if identity["teacher"]["checkpoint_sha256"] is None:
         print("[cache] WARNING: the teacher has RANDOM weights (no checkpoint given): the cache is for "
               "pipeline testing only, not for real distillation.", flush=True)
     manifest = {"status": "in_progress", "identity": identity, "data": {"source": cfg.data.source, "format": fmt,
-                "num_sources": len(sources)}, "schema": C.CACHE_SCHEMA.to_string(), "code_version": edgesam.__version__,
+                "num_sources": len(sources), "num_read_units": len(units)}, "schema": C.CACHE_SCHEMA.to_string(), "code_version": edgesam.__version__,
                 "config": json.loads(json.dumps(cfg.model_dump(mode="json"))),
                 "started_at": (previous or {}).get("started_at") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     C.write_manifest(out_dir, manifest)
     print(f"[cache] {len(sources)} source(s) of format {fmt}; {len(done)} image(s) already cached, resuming after them"
           if done else f"[cache] {len(sources)} source(s) of format {fmt}", flush=True)
     init_ray(cfg.ray_address)
-    summary = build_dataset(cfg, sources, fmt, frozenset(done)).take_all()
+    summary = build_dataset(cfg, units, frozenset(done)).take_all()
     manifest = finalize(out_dir, manifest, summary, time.time() - t0)
     for s in manifest["skipped"]:
         print(f"[cache] skipped {s['source']}: {s['reason']}")

@@ -124,7 +124,9 @@ def decode_batch(table: pa.Table, img_size: int, device: torch.device, max_promp
     batch = {"images": torch.stack([r["image"] for r in rows]).to(device),
              "embeddings": torch.stack([r["embedding"] for r in rows]).to(device),
              "input_hw": [r["input_hw"] for r in rows], "prompts": prompts,
-             "gt_boxes": [p["boxes"] for p in prompts], "image_ids": [r["image_id"] for r in rows],
+             # RPN targets: EVERY GT box of the image, not only the <= max_prompts sampled prompts (with
+             # ~100 objects per SA-1B image, prompt boxes alone would teach the RPN that most objects are background)
+             "gt_boxes": [r["boxes"].to(device) for r in rows], "image_ids": [r["image_id"] for r in rows],
              "img_size": img_size}
     if with_gt_masks:
         batch["gt_masks"] = gt_masks

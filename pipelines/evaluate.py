@@ -58,17 +58,31 @@ def load_rows(files: list[str], ids: set[str] | None, img_size: int, limit: int 
 @torch.no_grad()
 def evaluate_rows(model, teacher_pd, rows: list[dict], img_size: int, refine_clicks: int = 2,
                   max_instances: int = 16, seed: int = 0, device: torch.device | str = "cpu",
-                  traces: list | None = None) -> dict[str, float]:
+                  traces: list | None = None, click_rpn: bool = False) -> dict[str, float]:
     """-> {"student_vs_gt/box", "student_vs_gt/box+1", ..., "student_vs_teacher/...", "teacher_vs_gt/..."};
-    with ``teacher_pd`` None only the student-vs-GT metrics. ``max_instances`` caps instances per image."""
+    with ``teacher_pd`` None only the student-vs-GT metrics. ``max_instances`` caps instances per image.
+    ``click_rpn``: also score the ``click+rpn`` prompt (centre click + the student RPN's box for it) beside
+    ``point``; the model needs an RPN, and the teacher is given the student's proposals."""
     from edgesam.data.cache import model_input
 
     model = model.to(device).eval()
     rng = np.random.default_rng(seed)
     samples = [EvalSample.from_cache_row(r, max_instances=max_instances, rng=rng) for r in rows]
-    student_embs = [model.image_encoder(model_input(r["image_jpeg"], img_size)[None].to(device)) for r in rows]
+    proposals = None
+    if click_rpn:
+        from edgesam.inference.click_to_box import rpn_proposals
+
+        embs_props = [rpn_proposals(model, model_input(r["image_jpeg"], img_size)[None].to(device), r["input_hw"])
+                      for r in rows]
+        student_embs, proposals = [e for e, _ in embs_props], [p for _, p in embs_props]
+    else:
+        student_embs = [model.image_encoder(model_input(r["image_jpeg"], img_size)[None].to(device)) for r in rows]
     student_fn = lambda e, c, l: model.decode(e, c, l)  # noqa: E731
     kw = dict(refine_iters=refine_clicks, seed=seed)
+    if click_rpn:
+        from edgesam.eval.miou import EVAL_KINDS
+
+        kw.update(kinds=EVAL_KINDS, proposals=proposals)
     hook = (lambda i, s, t: traces.append((i, s, t))) if traces is not None else None
     runs = [("student_vs_gt", lambda: evaluate_model(student_fn, student_embs, samples, img_size, on_trace=hook, **kw))]
     if teacher_pd is not None:
@@ -200,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-teacher", action="store_true", help="student vs GT only (no teacher decoder)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default=None, help="write the metrics JSON here")
+    parser.add_argument("--click-rpn", action="store_true",
+                        help="also score click+rpn (centre click + the student RPN's box for it; needs an RPN)")
     args = parser.parse_args(argv)
     manifest = load_manifest(args.cache)
     pre = manifest["identity"]["preprocessing"]
@@ -216,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     ids = select_ids(files, meta, args)
     rows = load_rows(files, ids, pre["img_size"], args.max_images)
     metrics = evaluate_rows(model, teacher_pd, rows, pre["img_size"], args.refine_clicks, args.max_instances,
-                            device=args.device)
+                            device=args.device, click_rpn=args.click_rpn)
     text = json.dumps({"num_images": len(rows), "rows": "all" if ids is None else "held-out",
                        "max_instances_per_image": args.max_instances, "metrics": metrics}, indent=2)
     print(text)

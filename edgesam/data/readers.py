@@ -27,7 +27,7 @@ import math
 import os
 import tarfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, BinaryIO, Iterable, Iterator
 
 import numpy as np
 
@@ -35,7 +35,8 @@ from .images import IMAGE_EXTENSIONS
 from .records import Item, RawRecord, Skipped
 
 __all__ = ["FORMATS", "detect_format", "list_sources", "iter_source", "iter_any", "iter_sa1b_tar",
-           "iter_sa1b_folder", "iter_coco", "iter_image_folder", "validate_annotations", "mask_center_point"]
+           "iter_sa1b_folder", "iter_coco", "iter_image_folder", "validate_annotations", "mask_center_point",
+           "sa1b_folder_images", "load_coco", "coco_instance_files", "coco_images_dir"]
 
 FORMATS = ("sa1b-tar", "sa1b-folder", "coco", "images")
 
@@ -135,23 +136,42 @@ def _pair(stem: str, image: bytes, image_where: str, ann_json: bytes, json_where
 
 # ---------------------------------------------------------------------------------------------------
 # SA-1B tar shards
-def _missing_end_marker(path: str, tar: tarfile.TarFile) -> bool:
+def _open_binary(path: str, filesystem: Any = None) -> BinaryIO:
+    """A readable binary stream of ``path``: a local file, or ``filesystem.open_input_stream(path)`` for a
+    ``pyarrow.fs.FileSystem`` (object storage). Sequential reads only: nothing is loaded whole."""
+    if filesystem is None:
+        return open(path, "rb")
+    return filesystem.open_input_stream(path)
+
+
+def _file_size(path: str, filesystem: Any = None) -> int:
+    if filesystem is None:
+        return os.path.getsize(path)
+    return int(filesystem.get_file_info(path).size)
+
+
+def _missing_end_marker(path: str, tar: tarfile.TarFile, filesystem: Any = None) -> bool:
     """An uncompressed tar whose member data stop without the end-of-archive block was cut short.
 
     (tarfile silently ends iteration when the file ends exactly on a header boundary.)
     """
     try:
-        with open(path, "rb") as f:
+        with _open_binary(path, filesystem) as f:
             magic = f.read(6)
         if magic.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ")):
             return False  # compressed: the decompressor reports truncation itself
-        return os.path.getsize(path) < tar.offset + tarfile.BLOCKSIZE
+        return _file_size(path, filesystem) < tar.offset + tarfile.BLOCKSIZE
     except OSError:
         return False
 
 
-def iter_sa1b_tar(path: str | Path) -> Iterator[Item]:
+def iter_sa1b_tar(path: str | Path, filesystem: Any = None) -> Iterator[Item]:
     """Read an SA-1B shard ``sa_*.tar``: ``sa_N.jpg`` + ``sa_N.json`` members paired by stem.
+
+    The tar is read as a stream (``tarfile`` mode ``r|*``, one member at a time, from a local file or from
+    ``filesystem.open_input_stream(path)`` when a ``pyarrow.fs.FileSystem`` is given), so memory holds only
+    the members waiting for their other half: two for SA-1B's adjacent ``.jpg``/``.json`` pairs, whatever
+    the size of the tar.
 
     Members may come in either order and may sit under a subfolder. Yields a :class:`RawRecord` per
     complete pair (source ``"<tar>::<member>"``) as soon as both halves have been read, and :class:`Skipped`
@@ -165,7 +185,7 @@ def iter_sa1b_tar(path: str | Path) -> Iterator[Item]:
     jsons: dict[str, tuple[bytes, str]] = {}
     damage: str | None = None
     try:
-        with tarfile.open(path, "r:*") as tar:
+        with _open_binary(path, filesystem) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
             while True:
                 try:
                     member = tar.next()
@@ -173,9 +193,10 @@ def iter_sa1b_tar(path: str | Path) -> Iterator[Item]:
                     damage = _short(exc)
                     break
                 if member is None:
-                    if _missing_end_marker(path, tar):
+                    if _missing_end_marker(path, tar, filesystem):
                         damage = "file ends without the end-of-archive marker"
                     break
+                tar.members.clear()  # stream mode: the headers read so far are not needed again
                 if not member.isfile():
                     continue
                 base = member.name.rsplit("/", 1)[-1]
@@ -238,9 +259,15 @@ def _annotation_for(img: Path, root: Path) -> Path | None:
     return None
 
 
-def iter_sa1b_folder(root: str | Path) -> Iterator[Item]:
+def sa1b_folder_images(root: str | Path) -> list[Path]:
+    """Every image under an extracted SA-1B folder, sorted (what :func:`iter_sa1b_folder` reads)."""
+    return [p for p in _walk_files(Path(root)) if _is_image(p.name)]
+
+
+def iter_sa1b_folder(root: str | Path, images: Iterable[str | Path] | None = None) -> Iterator[Item]:
     """Extracted SA-1B under ``root`` (recursive): ``X.jpg`` paired with ``X.json`` in the same folder, or
     the EdgeSAM layout ``images/<split>/X.jpg`` + ``annotations/<split>/X.json``. image_id is the stem.
+    ``images``: read only these image files under ``root`` (a chunk of :func:`sa1b_folder_images`).
 
     Skips: an image without JSON, an unparsable JSON (pair skipped), degenerate annotations (image kept).
     """
@@ -248,7 +275,7 @@ def iter_sa1b_folder(root: str | Path) -> Iterator[Item]:
     if not root.is_dir():
         yield Skipped(str(root), "folder not found")
         return
-    for img in (p for p in _walk_files(root) if _is_image(p.name)):
+    for img in (sa1b_folder_images(root) if images is None else [Path(p) for p in images]):
         js = _annotation_for(img, root)
         if js is None:
             yield Skipped(str(img), "missing annotation JSON")
@@ -306,7 +333,32 @@ def _find_image(images_dir: Path, file_name: str) -> Path | None:
     return alt if alt.is_file() else None
 
 
-def iter_coco(images_dir: str | Path, instances_json: str | Path) -> Iterator[Item]:
+def load_coco(instances_json: str | Path) -> tuple[list[dict], dict[Any, list[dict]]]:
+    """Parse a COCO instances file -> (image entries with an ``id``, annotations grouped by ``image_id``).
+
+    Raises ``OSError`` / ``ValueError`` / ``TypeError`` / ``RecursionError`` / ``UnicodeDecodeError`` for an
+    unreadable or malformed file (:func:`iter_coco` turns them into one ``Skipped``).
+    """
+    with open(instances_json, "rb") as f:
+        doc = json.load(f)
+    if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
+        raise ValueError("no 'images' list at the top level")
+    images = [im for im in doc["images"] if isinstance(im, dict) and "id" in im]
+    anns_by_image: dict[Any, list[dict]] = {}
+    anns = doc.get("annotations", [])
+    if not isinstance(anns, list):
+        raise ValueError("'annotations' is not a list")
+    for a in anns:
+        if isinstance(a, dict) and "image_id" in a:
+            anns_by_image.setdefault(a["image_id"], []).append(a)
+    return images, anns_by_image
+
+
+COCO_ERRORS = (OSError, ValueError, TypeError, RecursionError, UnicodeDecodeError)
+
+
+def iter_coco(images_dir: str | Path, instances_json: str | Path,
+              parsed: tuple[list[dict], dict[Any, list[dict]]] | None = None) -> Iterator[Item]:
     """COCO instances (``images``, ``annotations`` with polygon, uncompressed-RLE or compressed-RLE
     segmentations) -> one :class:`RawRecord` per image with SA-1B-style annotations.
 
@@ -315,26 +367,17 @@ def iter_coco(images_dir: str | Path, instances_json: str | Path) -> Iterator[It
     of the distance-transform peak), "category_id"}``; crowd annotations are left out silently. image_id is
     the file stem. Skips: an unreadable or malformed JSON (one ``Skipped`` for the whole set), a missing
     image file, an annotation whose segmentation cannot be decoded or is empty (the image is kept).
+    ``parsed``: a chunk of :func:`load_coco`'s output to read instead of parsing ``instances_json``.
     """
     images_dir = Path(images_dir)
     js = str(instances_json)
-    try:
-        with open(instances_json, "rb") as f:
-            doc = json.load(f)
-        if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
-            raise ValueError("no 'images' list at the top level")
-        images = [im for im in doc["images"] if isinstance(im, dict) and "id" in im]
-        anns_by_image: dict[Any, list[dict]] = {}
-        anns = doc.get("annotations", [])
-        if not isinstance(anns, list):
-            raise ValueError("'annotations' is not a list")
-        for a in anns:
-            if isinstance(a, dict) and "image_id" in a:
-                anns_by_image.setdefault(a["image_id"], []).append(a)
-    except (OSError, ValueError, TypeError, RecursionError, UnicodeDecodeError) as exc:
-        yield Skipped(js, f"bad COCO JSON: {_short(exc)}")
-        return
-    del doc
+    if parsed is None:
+        try:
+            parsed = load_coco(instances_json)
+        except COCO_ERRORS as exc:
+            yield Skipped(js, f"bad COCO JSON: {_short(exc)}")
+            return
+    images, anns_by_image = parsed
     for im in images:
         file_name = str(im.get("file_name", ""))
         path = _find_image(images_dir, file_name) if file_name else None
@@ -362,17 +405,18 @@ def iter_coco(images_dir: str | Path, instances_json: str | Path) -> Iterator[It
 
 # ---------------------------------------------------------------------------------------------------
 # plain image folders
-def iter_image_folder(root: str | Path) -> Iterator[Item]:
+def iter_image_folder(root: str | Path, files: Iterable[str | Path] | None = None) -> Iterator[Item]:
     """Every image under ``root`` (recursive, extensions from ``IMAGE_EXTENSIONS``, any case), no annotations.
 
     image_id is the path relative to ``root`` without extension, ``/`` replaced by ``__``
-    (``a/b/c.jpg`` -> ``"a__b__c"``), so ids stay unique across subfolders.
+    (``a/b/c.jpg`` -> ``"a__b__c"``), so ids stay unique across subfolders. ``files``: read only these
+    image files under the folder ``root`` (a chunk of :func:`sa1b_folder_images`, which lists the same files).
     """
     root = Path(root)
     if root.is_file():
         files, base = [root], root.parent
     elif root.is_dir():
-        files, base = [p for p in _walk_files(root) if _is_image(p.name)], root
+        files, base = (sa1b_folder_images(root) if files is None else [Path(p) for p in files]), root
     else:
         yield Skipped(str(root), "folder not found")
         return
@@ -425,7 +469,7 @@ def coco_instance_files(root: str | Path) -> list[Path]:
     return named or found
 
 
-def _coco_images_dir(root: Path, instances_json: Path) -> Path:
+def coco_images_dir(root: Path, instances_json: Path) -> Path:
     split = instances_json.stem.rsplit("_", 1)[-1]
     for cand in (root / "images" / split, root / "images", root / split):
         if cand.is_dir():
@@ -503,14 +547,14 @@ def iter_source(source: str | Path, fmt: str) -> Iterator[Item]:
 def _iter_coco_source(source: Path) -> Iterator[Item]:
     if source.is_file():
         root = source.parent.parent if source.parent.name == "annotations" else source.parent
-        yield from iter_coco(_coco_images_dir(root, source), source)
+        yield from iter_coco(coco_images_dir(root, source), source)
         return
     files = coco_instance_files(source)
     if not files:
         yield Skipped(str(source), "no COCO instances JSON under annotations/")
         return
     for js in files:
-        yield from iter_coco(_coco_images_dir(source, js), js)
+        yield from iter_coco(coco_images_dir(source, js), js)
 
 
 def iter_any(path: str | Path, fmt: str | None = None, **kw: Any) -> Iterator[Item]:

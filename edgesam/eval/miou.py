@@ -3,7 +3,9 @@
 Per image, all instances are decoded in one decoder call per iteration. For each prompt kind:
 
 1. iteration 0: box = GT box (XYXY, input frame, labels 2/3); point = the distance-transform peak of the
-   GT mask (resized to the input frame with nearest), label 1, plus a padding point;
+   GT mask (resized to the input frame with nearest), label 1, plus a padding point; click+rpn = that click
+   plus the RPN proposal picked by the paper's rule (:mod:`edgesam.inference.click_to_box`), or the click
+   alone when no proposal contains it;
 2. iteration i >= 1: one error pixel drawn uniformly (seeded) between the prediction (selected token's
    S/4 logits > 0) and the reference at S/4, both restricted to the valid (non-padded) area; FN -> positive,
    FP -> negative, fewer than ``min_pixels`` -> label -2 (ignored); appended to the previous points (boxes
@@ -31,7 +33,12 @@ from pycocotools import mask as mask_utils
 from ..data.transforms import lowres_masks, postprocess_masks, valid_mask
 from ..distill.prompts import (PROMPT_KINDS, append_points, centre_click, make_prompt_batch, sample_error_points,
                                sample_gt_prompts)
+from ..inference.click_to_box import CLICK_RPN, click_box_prompts, decode_with_optional_box, select_boxes
 from ..models.prompt_decoder import IGNORE
+
+# "click+rpn": the centre click plus the RPN proposal the paper's rule picks for it (no box when none
+# contains the click); see edgesam.inference.click_to_box. Needs per-image proposals.
+EVAL_KINDS: tuple[str, ...] = (*PROMPT_KINDS, CLICK_RPN)
 
 # (embedding (1,256,h,w), point_coords (N,P,2), point_labels (N,P)) -> (logits (N,4,4h,4w), iou (N,4))
 DecodeFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -187,14 +194,16 @@ def run_protocol(decode_fn: DecodeFn, embedding: torch.Tensor, sample: EvalSampl
                  centres: np.ndarray | None = None, gt_lowres: torch.Tensor | None = None,
                  reference_fn: DecodeFn | None = None, reference_embedding: torch.Tensor | None = None,
                  refine_iters: int = 2, num_outputs: int = 1, generator: torch.Generator | None = None,
-                 min_pixels: int = 10) -> ProtocolTrace:
+                 min_pixels: int = 10, proposals: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 rpn_k: int = 5) -> ProtocolTrace:
     """Run the prompt sequence of one kind on one image (all instances batched).
 
     embedding (256,h,w) or (1,256,h,w). ``centres`` (K,2) are the point prompts (default: the sample's
     ``points``); ``gt_lowres`` (K,S/4,S/4) bool is the refinement reference unless ``reference_fn`` is given.
+    ``proposals`` (boxes (M,4) XYXY input frame, scores (M,)): the image's RPN proposals, for ``click+rpn``.
     """
-    if kind not in PROMPT_KINDS:
-        raise ValueError(f"kind must be one of {PROMPT_KINDS}, got {kind!r}")
+    if kind not in EVAL_KINDS:
+        raise ValueError(f"kind must be one of {EVAL_KINDS}, got {kind!r}")
     if reference_fn is None and gt_lowres is None:
         raise ValueError("need gt_lowres (GT reference) or reference_fn (model reference)")
     emb = embedding.float()
@@ -205,10 +214,20 @@ def run_protocol(decode_fn: DecodeFn, embedding: torch.Tensor, sample: EvalSampl
         ref_emb = (reference_embedding if reference_embedding is not None else embedding).float().to(device)
         ref_emb = ref_emb[None] if ref_emb.ndim == 3 else ref_emb
     points = centres if centres is not None else sample.points
-    if kind == "point" and points is None:
+    if kind in ("point", CLICK_RPN) and points is None:
         raise ValueError(f"{sample.image_id}: point prompts need centres or sample.points")
-    coords, labels = make_prompt_batch(kind, torch.from_numpy(sample.boxes) if kind == "box" else None,
-                                       torch.as_tensor(points, dtype=torch.float32) if kind == "point" else None)
+    if kind == CLICK_RPN:
+        if proposals is None:
+            raise ValueError(f"{sample.image_id}: the {CLICK_RPN} prompt needs the image's RPN proposals")
+        clicks = torch.as_tensor(points, dtype=torch.float32)
+        boxes, has_box = select_boxes(clicks, *(t.float().cpu() for t in proposals), k=rpn_k)
+        coords, labels = click_box_prompts(clicks, boxes, has_box)
+        decode_fn = decode_with_optional_box(decode_fn, has_box)
+        if reference_fn is not None:
+            reference_fn = decode_with_optional_box(reference_fn, has_box)
+    else:
+        coords, labels = make_prompt_batch(kind, torch.from_numpy(sample.boxes) if kind == "box" else None,
+                                           torch.as_tensor(points, dtype=torch.float32) if kind == "point" else None)
     coords, labels = coords.to(device), labels.to(device)
     side = img_size // 4
     valid = valid_mask(sample.input_hw, img_size, side).to(device) > 0
@@ -247,7 +266,8 @@ def evaluate_model(decode_fn: DecodeFn, embeddings: Iterable[torch.Tensor], samp
                    reference_embeddings: Iterable[torch.Tensor] | None = None,
                    kinds: Sequence[str] = PROMPT_KINDS, refine_iters: int = 2, num_outputs: int = 1, seed: int = 0,
                    min_pixels: int = 10,
-                   on_trace: Callable[[int, EvalSample, ProtocolTrace], None] | None = None) -> dict[str, float]:
+                   on_trace: Callable[[int, EvalSample, ProtocolTrace], None] | None = None,
+                   proposals: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None) -> dict[str, float]:
     """mIoU of ``decode_fn`` over ``samples`` (``embeddings`` aligned with them, e.g. a generator).
 
     Student vs GT: leave ``reference_fn`` None. Student vs teacher: ``reference_fn`` = the teacher decoder and
@@ -255,10 +275,13 @@ def evaluate_model(decode_fn: DecodeFn, embeddings: Iterable[torch.Tensor], samp
     Returns {"box": .., "box+1": .., "box+2": .., "point": .., ..., "num_instances", "num_images",
     "ignored_clicks/<stage>" (fraction of refinement clicks labelled -2)}; mIoU values are x100, NaN when
     no instance had a non-empty union. Seeds are per (seed, image index, kind): order-independent.
+    ``proposals``: per sample, its RPN proposals (boxes (M,4) input frame, scores (M,)); needed by ``click+rpn``.
     """
     for kind in kinds:
-        if kind not in PROMPT_KINDS:
-            raise ValueError(f"kind must be one of {PROMPT_KINDS}, got {kind!r}")
+        if kind not in EVAL_KINDS:
+            raise ValueError(f"kind must be one of {EVAL_KINDS}, got {kind!r}")
+    if CLICK_RPN in kinds and proposals is None:
+        raise ValueError(f"the {CLICK_RPN} prompt kind needs per-image RPN proposals")
     if refine_iters < 0:
         raise ValueError(f"refine_iters must be >= 0, got {refine_iters}")
     ious: dict[str, list[np.ndarray]] = {stage_name(k, i): [] for k in kinds for i in range(refine_iters + 1)}
@@ -281,7 +304,8 @@ def evaluate_model(decode_fn: DecodeFn, embeddings: Iterable[torch.Tensor], samp
         for ki, kind in enumerate(kinds):
             trace = run_protocol(decode_fn, emb, sample, kind, img_size, centres=centres, gt_lowres=gt_lowres,
                                  reference_fn=reference_fn, reference_embedding=ref_emb, refine_iters=refine_iters,
-                                 num_outputs=num_outputs, generator=_generator(seed, index, ki), min_pixels=min_pixels)
+                                 num_outputs=num_outputs, generator=_generator(seed, index, ki), min_pixels=min_pixels,
+                                 proposals=proposals[index] if proposals is not None else None)
             for it, pred in enumerate(trace.pred_lowres):
                 ref = trace.ref_lowres[it] if trace.ref_lowres is not None else None
                 ious[stage_name(kind, it)].append(instance_ious(pred, sample, img_size, ref))
