@@ -11,6 +11,9 @@ OpenCV or pycocotools):
   ``decode_segmentation``, ``mask_to_bbox``, ``rle_area``);
 * :mod:`edgesam.data.synthetic`: procedurally generated SA-1B shards with exact masks
   (``make_scene``, ``write_sa1b_shards``, ``ensure_sample_dataset``; CLI ``python -m edgesam.data.synthetic``).
+* :mod:`edgesam.data.synthetic_dense`: dense SA-1B-like tars (1500x2250, >= 100 masks per image);
+* :mod:`edgesam.data.read_units`: a dataset path -> bounded, streamed units of reading work (``plan_units``,
+  ``iter_unit``), what the caching pipeline maps over.
 
 The names above are also available as attributes of this package, imported on first use.
 """
@@ -29,6 +32,8 @@ _LAZY = {
     "iter_source": "readers", "iter_any": "readers",
     "make_scene": "synthetic", "write_sa1b_shards": "synthetic", "write_sa1b_folder": "synthetic",
     "write_coco_set": "synthetic", "ensure_sample_dataset": "synthetic",
+    "make_dense_scene": "synthetic_dense", "write_dense_shards": "synthetic_dense",
+    "plan_units": "read_units", "iter_unit": "read_units",
 }
 
 

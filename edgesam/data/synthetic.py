@@ -1,6 +1,7 @@
 """Synthetic SA-1B-format scenes with exact instance masks: the project's embedded default dataset and test data.
 
     python -m edgesam.data.synthetic --out data/sample --num-images 48 [--images-per-shard 16] [--seed 0]
+    python -m edgesam.data.synthetic --dense --out data/dense --num-images 16   # SA-1B-like, see synthetic_dense
 
 A scene is a stack of shapes (ellipses, rotated rectangles, rotated triangles/polygons, elliptical rings),
 each filled with its own colour (chosen far from the colours already used and from the background under
@@ -428,9 +429,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-photos", action="store_true", help="only synthetic backgrounds")
     p.add_argument("--layout", choices=("tar", "flat", "edgesam", "coco"), default="tar",
                    help="tar: SA-1B shards (default); flat/edgesam: extracted SA-1B; coco: a COCO instances set")
+    p.add_argument("--dense", action="store_true",
+                   help="SA-1B-like tars instead: 1500x2250 images with >= 100 masks each (edgesam.data.synthetic_dense)")
     a = p.parse_args(argv)
     size_range = (a.min_size, a.max_size)
-    if a.layout == "tar":
+    if a.dense:
+        from .synthetic_dense import write_dense_shards
+
+        shards = write_dense_shards(a.out, a.num_images, a.images_per_shard, a.seed, photo_backgrounds=not a.no_photos)
+        print(f"wrote {a.num_images} dense synthetic images in {len(shards)} shard(s) to {Path(a.out).resolve()}")
+    elif a.layout == "tar":
         shards = write_sa1b_shards(a.out, a.num_images, a.images_per_shard, a.seed, size_range, not a.no_photos)
         print(f"wrote {a.num_images} synthetic images in {len(shards)} shard(s) to {Path(a.out).resolve()}")
     elif a.layout == "coco":
