@@ -39,13 +39,16 @@ CHILD = textwrap.dedent("""
         cfg = load_config(CacheConfig, None, overrides + extra)
     except Exception:  # older code without the memory options
         cfg = load_config(CacheConfig, None, overrides)
-    for attempt in range(5):  # Ray gives the raylet a fixed 30 s to register: retry on a loaded machine
+    import psutil
+    for attempt in range(8):  # Ray gives the raylet a fixed 30 s to register: retry on a loaded machine
         try:
             ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
             break
         except Exception as exc:
             print("ray.init failed, retrying:", exc, flush=True)
             ray.shutdown()
+            for p in psutil.Process().children(recursive=True):  # this attempt's half-started cluster
+                p.kill()
     m = run_cache(cfg)
     print("RESULT", json.dumps({"images": m["counts"]["images"], "skipped": m["counts"]["skipped"]}))
 """)
