@@ -57,8 +57,8 @@ class ComputeCfg(StrictModel):
     # Memory bounds of the streaming read: Ray Data blocks of at most this many MiB (a read task holds one
     # block plus one image pair), and at most this many MiB of blocks in flight in the object store for the
     # whole job (readers pause when the teacher falls behind). Neither grows with the size of a tar.
-    read_block_mib: int = 32
-    max_inflight_mib: int | None = 2048
+    read_block_mib: int = 32  # largest Ray Data block (MiB): what one read task holds at a time
+    max_inflight_mib: int | None = 2048  # object-store MiB the job may fill before readers pause (None: Ray's default)
 
 
 class OutputCfg(StrictModel):
