@@ -25,12 +25,15 @@ from benchmarks.common import load_average, replace_section  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     import torch
 
+    import numpy as np
+
     from edgesam.config import load_config
-    from edgesam.eval.miou import EVAL_KINDS
-    from edgesam.models import build_teacher_prompt_decoder, load_student
+    from edgesam.eval.miou import EvalSample, evaluate_model
+    from edgesam.inference.click_to_box import CLICK_RPN, rpn_proposals
+    from edgesam.models import load_student
     from pipelines.distill_config import DistillConfig
     from pipelines.distill_split import make_split
-    from pipelines.evaluate import evaluate_rows, load_rows
+    from pipelines.evaluate import load_rows
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True)
@@ -47,14 +50,18 @@ def main(argv: list[str] | None = None) -> int:
     model, _ = load_student(a.checkpoint, img_size=img_size)
     if model.rpn is None:
         raise SystemExit(f"{a.checkpoint} has no RPN: train it with step 3 first")
-    t = cfg.cache.teacher
-    teacher_pd = build_teacher_prompt_decoder(t.name, t.checkpoint, img_size, seed=t.tiny_seed)
     rows = load_rows(split["holdout_files"], set(split["holdout_ids"]), img_size)
     t0, load0 = time.time(), load_average()
-    m = evaluate_rows(model, teacher_pd, rows, img_size, refine_clicks=2, max_instances=a.max_instances, click_rpn=True)
-    got = {k.split("/", 1)[1]: v for k, v in m.items() if k.startswith("student_vs_gt/")}
+    # student vs GT only, point and click+rpn (the teacher comparisons of evaluate_rows are not needed here)
+    model.eval()
+    rng = np.random.default_rng(0)
+    samples = [EvalSample.from_cache_row(r, max_instances=a.max_instances, rng=rng) for r in rows]
+    with torch.no_grad():
+        embs_props = [rpn_proposals(model, r["image"][None], r["input_hw"]) for r in rows]
+    got = evaluate_model(lambda e, c, l: model.decode(e, c, l), [e for e, _ in embs_props], samples, img_size,
+                         kinds=("point", CLICK_RPN), proposals=[p for _, p in embs_props], refine_iters=2)
     table = ["| prompt | mIoU | +1 click | +2 clicks |", "|---|---|---|---|"]
-    for kind in EVAL_KINDS:
+    for kind in ("point", CLICK_RPN):
         table.append(f"| {kind} | {got[kind]:.1f} | {got[kind + '+1']:.1f} | {got[kind + '+2']:.1f} |")
     cmd = f"python benchmarks/click_rpn.py --checkpoint {a.checkpoint} --config {a.config} " + " ".join(a.overrides)
     body = "\n".join([

@@ -24,6 +24,7 @@ import shutil
 import tarfile
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -32,7 +33,7 @@ from PIL import Image
 from .rle import encode_masks, mask_to_bbox, to_uncompressed_rle
 
 __all__ = ["MIN_VISIBLE_AREA", "PHOTO_FILES", "available_photos", "photo_background", "make_scene",
-           "scene_for_index", "sa1b_record", "write_sa1b_shards", "write_sa1b_folder", "write_coco_set",
+           "scene_for_index", "sa1b_record", "write_sa1b_shards", "write_shards", "write_sa1b_folder", "write_coco_set",
            "ensure_sample_dataset", "main"]
 
 MIN_VISIBLE_AREA = 64
@@ -278,6 +279,14 @@ def write_sa1b_shards(out_dir: str | Path, num_images: int, images_per_shard: in
     """Write ``sa_000000.tar``, ``sa_000001.tar``, ... into ``out_dir``; each holds ``sa_<k>.jpg`` (JPEG q95) +
     ``sa_<k>.json`` (SA-1B JSON) for ``images_per_shard`` consecutive images. Same seed, same bytes.
     Returns the shard paths in order."""
+    return write_shards(out_dir, num_images, images_per_shard,
+                        lambda k: sa1b_record(seed, k, size_range, photo_backgrounds)[:2])
+
+
+def write_shards(out_dir: str | Path, num_images: int, images_per_shard: int,
+                 record: Callable[[int], tuple[bytes, dict]]) -> list[Path]:
+    """``sa_000000.tar``, ... in ``out_dir`` with ``sa_<k>.jpg`` + ``sa_<k>.json`` from ``record(k)`` =
+    (JPEG bytes, SA-1B doc), pairs adjacent as in SA-1B; each tar is written to ``.part`` and renamed."""
     if num_images < 0 or images_per_shard < 1:
         raise ValueError("num_images must be >= 0 and images_per_shard >= 1")
     out = Path(out_dir)
@@ -288,7 +297,7 @@ def write_sa1b_shards(out_dir: str | Path, num_images: int, images_per_shard: in
         tmp = path.with_name(path.name + ".part")
         with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
             for k in range(start, min(num_images, start + images_per_shard)):
-                jpg, doc, _ = sa1b_record(seed, k, size_range, photo_backgrounds)
+                jpg, doc = record(k)
                 _add_member(tar, f"sa_{k}.jpg", jpg)
                 _add_member(tar, f"sa_{k}.json", _json_bytes(doc))
         os.replace(tmp, path)

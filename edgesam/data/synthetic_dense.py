@@ -16,8 +16,6 @@ never holds more than a few full-size arrays.
 from __future__ import annotations
 
 import io
-import os
-import tarfile
 from pathlib import Path
 
 import cv2
@@ -25,8 +23,8 @@ import numpy as np
 from PIL import Image
 
 from .rle import encode_masks
-from .synthetic import (JPEG_QUALITY, MIN_VISIBLE_AREA, _add_member, _json_bytes, _paint, _pick_colour,
-                        _synthetic_background, photo_background)
+from .synthetic import (JPEG_QUALITY, MIN_VISIBLE_AREA, _paint, _pick_colour, _synthetic_background,
+                        photo_background, write_shards)
 
 __all__ = ["DENSE_SIZE", "make_dense_scene", "dense_sa1b_record", "write_dense_shards"]
 
@@ -143,28 +141,16 @@ def write_dense_shards(out_dir: str | Path, num_images: int, images_per_shard: i
     ``unique_images``: image ``k`` carries the content of image ``k % unique_images`` (under its own id
     ``sa_<k>``), so tars of 1x and 4x the size have the same per-image content without 4x the generation
     time. Returns the shard paths in order."""
-    if num_images < 0 or images_per_shard < 1:
-        raise ValueError("num_images must be >= 0 and images_per_shard >= 1")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     memo: dict[int, tuple[bytes, dict]] = {}
-    shards = []
-    for s, start in enumerate(range(0, num_images, images_per_shard)):
-        path = out / f"sa_{s:06d}.tar"
-        tmp = path.with_name(path.name + ".part")
-        with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
-            for k in range(start, min(num_images, start + images_per_shard)):
-                if unique_images:
-                    base = k % unique_images
-                    if base not in memo:
-                        memo[base] = dense_sa1b_record(seed, base, size, min_masks, photo_backgrounds)
-                    jpg, doc = memo[base]
-                else:
-                    jpg, doc = dense_sa1b_record(seed, k, size, min_masks, photo_backgrounds)
-                doc = {"image": {**doc["image"], "image_id": k, "file_name": f"sa_{k}.jpg"},
-                       "annotations": [{**a, "id": k * 1000 + i} for i, a in enumerate(doc["annotations"])]}
-                _add_member(tar, f"sa_{k}.jpg", jpg)
-                _add_member(tar, f"sa_{k}.json", _json_bytes(doc))
-        os.replace(tmp, path)
-        shards.append(path)
-    return shards
+
+    def record(k: int) -> tuple[bytes, dict]:
+        if not unique_images:
+            return dense_sa1b_record(seed, k, size, min_masks, photo_backgrounds)
+        base = k % unique_images
+        if base not in memo:
+            memo[base] = dense_sa1b_record(seed, base, size, min_masks, photo_backgrounds)
+        jpg, doc = memo[base]
+        return jpg, {"image": {**doc["image"], "image_id": k, "file_name": f"sa_{k}.jpg"},
+                     "annotations": [{**a, "id": k * 1000 + i} for i, a in enumerate(doc["annotations"])]}
+
+    return write_shards(out_dir, num_images, images_per_shard, record)
