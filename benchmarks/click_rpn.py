@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from edgesam.config import load_config
+    from edgesam.data.cache import model_input
     from edgesam.eval.miou import EvalSample, evaluate_model, gt_prompts_and_lowres
     from edgesam.inference.click_to_box import CLICK_RPN, rpn_proposals, select_boxes
     from edgesam.models import load_student
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(0)
     samples = [EvalSample.from_cache_row(r, max_instances=a.max_instances, rng=rng) for r in rows]
     with torch.no_grad():
-        embs_props = [rpn_proposals(model, r["image"][None], r["input_hw"]) for r in rows]
+        embs_props = [rpn_proposals(model, model_input(r["image_jpeg"], img_size)[None], r["input_hw"]) for r in rows]
     got = evaluate_model(lambda e, c, l: model.decode(e, c, l), [e for e, _ in embs_props], samples, img_size,
                          kinds=("point", CLICK_RPN), proposals=[p for _, p in embs_props], refine_iters=2)
     # how often the rule found a box (0 % makes click+rpn identical to point)
