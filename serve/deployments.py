@@ -186,6 +186,7 @@ class MaskDecoder:
         self.stats = _BatchStats()
         self.groups = _BatchStats()
         self.local: OrderedDict[str, np.ndarray] = OrderedDict()  # embedding_id -> embedding read from the store
+        self.fetching: dict[str, asyncio.Future] = {}
         self.transfer = {"requests": 0, "by_ref": 0, "inline": 0, "store_reads": 0, "local_hits": 0, "bytes_read": 0}
 
     def reconfigure(self, user_config: dict) -> None:
@@ -193,6 +194,7 @@ class MaskDecoder:
 
     async def decode(self, req: DecodeRequest) -> dict[str, Any]:
         """-> {"masks": [MaskOut dict, ...]} or {"error": message} for a prompt the predictor rejects."""
+        self.transfer["requests"] += 1
         if req.embedding is None:
             req.embedding = await self._embedding(req)
         else:
@@ -207,6 +209,15 @@ class MaskDecoder:
             self.local.move_to_end(req.embedding_id)
             self.transfer["local_hits"] += 1
             return local
+        pending = self.fetching.get(req.embedding_id)
+        if pending is None:  # one read per embedding, also for concurrent clicks on it
+            pending = self.fetching[req.embedding_id] = asyncio.ensure_future(self._read(req))
+            pending.add_done_callback(lambda _: self.fetching.pop(req.embedding_id, None))
+        else:
+            self.transfer["local_hits"] += 1
+        return await asyncio.shield(pending)
+
+    async def _read(self, req: DecodeRequest) -> np.ndarray:
         emb = np.array(await req.embedding_ref[0], np.float32)  # writable, ours: the store may evict its copy
         self.transfer["store_reads"] += 1
         self.transfer["bytes_read"] += emb.nbytes
