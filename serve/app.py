@@ -31,9 +31,10 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .budget import check_everything, check_segment, everything_masks_in_flight
+from .cache import CacheEntry
 from .codec import RequestError, content_hash, decode_b64_image, decode_image, probe_image
-from .faults import add_unavailable_handlers
 from .config import LimitsSection, ServeAppConfig, load_serve_config
+from .faults import add_unavailable_handlers
 from .integrations import routers as integration_routers
 from .messages import DecodeRequest
 from .payloads import (image_body_openapi, read_image_payloads, summarise_errors, validate_mask_input,
@@ -208,19 +209,30 @@ class EdgeSamIngress:
             self._weights = (await self.encoder.info.remote())["weights"]
         return self._weights
 
-    async def _embedding_for(self, data: bytes) -> tuple[str, dict[str, Any], bool]:
-        """-> (embedding_id, store entry {"ref": [ObjectRef], "original_hw", "input_hw"}, cached)."""
+    async def _lookup(self, key: str) -> CacheEntry | None:
+        """The store's entry for ``key`` (its ``ref`` an ObjectRef to the embedding), or None."""
+        found = await self.store.lookup.remote(key)
+        return None if found is None else _as_entry(found)
+
+    async def _embedding_for(self, data: bytes) -> tuple[str, CacheEntry, bool]:
+        """Image bytes -> (embedding_id, entry, cached); a miss decodes here and encodes through the store."""
         key = content_hash(data)
-        entry = await self.store.lookup.remote(key)
+        entry = await self._lookup(key)
+        cached = entry is not None
         if entry is None:
             import ray
 
             image = await asyncio.to_thread(decode_image, data, self.limits.max_image_bytes, self.limits.max_pixels)
-            entry, cached = await self.store.embed.remote(key, [ray.put(image)])
-        else:
-            cached = True
+            found, cached = await self.store.embed.remote(key, [ray.put(image)])
+            entry = _as_entry(found)
         (self.hit_counter if cached else self.miss_counter).inc()
         return key, entry, cached
+
+    @staticmethod
+    def decode_request(key: str, entry: CacheEntry, **fields: Any) -> DecodeRequest:
+        """The decoder message for ``entry``: the embedding travels as its ObjectRef, never as the array."""
+        return DecodeRequest(embedding_id=key, embedding=None, embedding_ref=[entry.ref], original_hw=entry.original_hw,
+                             input_hw=entry.input_hw, **fields)
 
     @api.post("/v1/embeddings", response_model=EmbeddingResponse, responses=ERRORS,
               openapi_extra=image_body_openapi(ImageRequest), dependencies=[Depends(require_api_key)])
@@ -228,7 +240,7 @@ class EdgeSamIngress:
         """Encode an image once; later /v1/segment calls refer to it by ``embedding_id`` (its sha256)."""
         (data,) = await read_image_payloads(request, self.limits, many=False)
         key, entry, cached = await self._embedding_for(data)
-        h, w = entry["original_hw"]
+        h, w = entry.original_hw
         return {"embedding_id": key, "width": w, "height": h, "cached": cached}
 
     @api.post("/v1/segment", response_model=SegmentResponse, responses=ERRORS,
@@ -242,11 +254,11 @@ class EdgeSamIngress:
             raise RequestError("give exactly one of embedding_id (from /v1/embeddings) or image_b64", 422)
         data = entry = None
         if req.embedding_id is not None:
-            key, entry = req.embedding_id, await self.store.lookup.remote(req.embedding_id)
+            key, entry = req.embedding_id, await self._lookup(req.embedding_id)
             if entry is None:
                 raise RequestError(f"unknown embedding_id {key}: it was never computed here or was evicted; "
                                    "POST the image to /v1/embeddings again (or send image_b64)", 404)
-            h, w = entry["original_hw"]
+            h, w = entry.original_hw
         else:
             data = decode_b64_image(req.image_b64, self.limits.max_image_bytes)
             # header only; the pixel count is all the budget needs (EXIF rotation may swap h and w)
@@ -255,13 +267,12 @@ class EdgeSamIngress:
                       self.limits)  # before any work
         if data is not None:
             key, entry, _ = await self._embedding_for(data)
-            h, w = entry["original_hw"]
+            h, w = entry.original_hw
         prompts = validate_prompts(req, h, w, self.limits)
         mask = None if req.mask_input is None else validate_mask_input(req.mask_input, self.cfg.model.img_size)
-        result = await self.decoder.decode.remote(DecodeRequest(
-            embedding_id=key, embedding=None, embedding_ref=entry["ref"], original_hw=tuple(entry["original_hw"]),
-            input_hw=tuple(entry["input_hw"]), num_outputs=req.num_outputs, select=req.multimask_select,
-            fmt=req.format, mask_input=mask, return_low_res_logits=req.return_low_res_logits, **prompts))
+        result = await self.decoder.decode.remote(self.decode_request(
+            key, entry, num_outputs=req.num_outputs, select=req.multimask_select, fmt=req.format, mask_input=mask,
+            return_low_res_logits=req.return_low_res_logits, **prompts))
         if "error" in result:
             raise RequestError(result["error"], 422)
         return {"embedding_id": key, "width": w, "height": h, "masks": result["masks"],
@@ -278,6 +289,11 @@ class EdgeSamIngress:
                   for d in payloads]
         results = await self.everything_handle.segment.remote(images)
         return {"results": results, "weights": await self._weights_kind()}
+
+
+def _as_entry(found: dict[str, Any]) -> CacheEntry:
+    """``EmbeddingStore`` answer {"ref": [ObjectRef], "original_hw", "input_hw"} -> CacheEntry."""
+    return CacheEntry(found["ref"][0], tuple(found["original_hw"]), tuple(found["input_hw"]))
 
 
 def build_app(cfg: ServeAppConfig) -> Application:
