@@ -18,7 +18,7 @@ from edgesam.data.synthetic import make_scene
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 S = 256
 OVERRIDES = [f"model.img_size={S}", "model.rpn_config={width: 32, num_convs: 1, gn_groups: 8}",
-             "everything.mode=rpn", "everything.num_outputs=1", "everything.rpn_score_thresh=0.0",
+             "everything.mode=rpn", "everything.num_outputs=3", "everything.rpn_score_thresh=0.0",
              "everything.max_proposals=6", "everything.stability_score_thresh=0.0",
              "compute.num_cpus=0.5", "compute.num_actors=1", "compute.max_tasks_in_flight_per_actor=1",
              "model.threads=1"]
@@ -75,6 +75,6 @@ def test_killed_annotation_actor_every_image_exactly_once(tmp_path):
     ids = [im["id"] for im in images]
     assert len(set(ids)) == len(ids) == len(names)
     ann_ids = coco.getAnnIds()
-    assert len(set(ann_ids)) == len(ann_ids) and all(coco.anns[a]["image_id"] in set(ids) for a in ann_ids)
+    assert len(ann_ids) > 0 and len(set(ann_ids)) == len(ann_ids) and all(coco.anns[a]["image_id"] in set(ids) for a in ann_ids)
     print(f"\n[faults] annotate: actor pid {killed[0]} SIGKILLed after {parts_at_kill[0]}/{len(names)} images; "
           f"{len(images)} images, {len(ann_ids)} annotations, each image once")

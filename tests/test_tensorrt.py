@@ -38,10 +38,10 @@ def test_modules_import_without_tensorrt():
 
 def test_missing_tensorrt_raises_clear_error(monkeypatch, tmp_path):
     from edgesam.inference.runtime import make_backends
-    from edgesam.inference.trt_backend import TrtDecoder, TrtEncoder
+    from edgesam.inference.trt_backend import TrtDecoder, TrtEncoder, TrtRpnEncoder
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # makes `import tensorrt` fail, as on a machine without it
-    for ctor in (TrtEncoder, TrtDecoder):
+    for ctor in (TrtEncoder, TrtDecoder, TrtRpnEncoder):
         with pytest.raises(RuntimeError) as e:
             ctor(tmp_path / "encoder.onnx")
         assert str(e.value) == TRT_MISSING
@@ -158,6 +158,20 @@ def test_tensorrt_on_cpu_is_an_error(tmp_path):
 
     with pytest.raises(ValueError, match="CUDA device"):
         require_cuda("cpu")
+
+
+def test_rpn_under_tensorrt_gets_its_own_engine_not_onnxruntime(monkeypatch, tmp_path):
+    """Serve's everything backend under backend=tensorrt builds rpn.onnx into a TensorRT engine (TrtRpnEncoder):
+    without TensorRT that is the install error, never a quiet ONNX Runtime session on the CPU."""
+    from serve.config import ModelSection
+    from serve.model import _rpn_backend
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    (tmp_path / "rpn.onnx").write_bytes(b"")
+    cfg = ModelSection(img_size=S, onnx_dir=str(tmp_path), backend="tensorrt", device="cuda")
+    with pytest.raises(RuntimeError) as e:
+        _rpn_backend(cfg, None, "tensorrt")
+    assert str(e.value) == TRT_MISSING
 
 
 BUILD_ONCE = """
