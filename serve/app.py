@@ -147,6 +147,14 @@ def require_api_key(x_api_key: Annotated[str | None, Header(description="needed 
         raise StarletteHTTPException(401, "missing or wrong X-API-Key header")
 
 
+def _as_entry(found: dict[str, Any]) -> CacheEntry:
+    """``EmbeddingStore`` answer {"ref": [ObjectRef], "original_hw", "input_hw"} -> CacheEntry.
+
+    Defined above the ingress class: Serve pickles that class by value when it is decorated, capturing only
+    the module globals that exist at that moment."""
+    return CacheEntry(found["ref"][0], tuple(found["original_hw"]), tuple(found["input_hw"]))
+
+
 @serve.deployment(name="EdgeSamIngress")
 @serve.ingress(api)
 class EdgeSamIngress:
@@ -289,11 +297,6 @@ class EdgeSamIngress:
                   for d in payloads]
         results = await self.everything_handle.segment.remote(images)
         return {"results": results, "weights": await self._weights_kind()}
-
-
-def _as_entry(found: dict[str, Any]) -> CacheEntry:
-    """``EmbeddingStore`` answer {"ref": [ObjectRef], "original_hw", "input_hw"} -> CacheEntry."""
-    return CacheEntry(found["ref"][0], tuple(found["original_hw"]), tuple(found["input_hw"]))
 
 
 def build_app(cfg: ServeAppConfig) -> Application:
