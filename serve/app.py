@@ -30,7 +30,7 @@ from ray.serve.deployment import Application
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .budget import check_everything, check_segment, everything_masks_in_flight
+from .budget import check_everything, check_segment
 from .cache import CacheEntry
 from .codec import RequestError, content_hash, decode_b64_image, decode_image, probe_image
 from .config import LimitsSection, ServeAppConfig, load_serve_config
@@ -169,7 +169,7 @@ class EdgeSamIngress:
         ReplicaSettings.limits = self.limits
         ReplicaSettings.api_key = self.cfg.auth.resolve()
         ReplicaSettings.replica = serve.get_replica_context().replica_id.unique_id
-        self.everything_masks = everything_masks_in_flight(self.cfg.everything.generator, self.cfg.everything.mode)
+        self._everything_masks: int | None = None  # masks one everything decoder call holds (its replica's mode)
         self._weights: str | None = None  # "checkpoint" | "onnx" | "random", as the encoder replica reports it
         self.page = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
         self._health: dict[str, Any] | None = None
@@ -292,7 +292,9 @@ class EdgeSamIngress:
         """Segment everything in one image (or ``images_b64``: several) -> COCO-style annotations per image."""
         payloads = await read_image_payloads(request, self.limits, many=True)
         sizes = [probe_image(d, self.limits.max_image_bytes, self.limits.max_pixels)[1::-1] for d in payloads]
-        check_everything(sizes, self.everything_masks, self.limits)  # before decoding a pixel
+        if self._everything_masks is None:
+            self._everything_masks = int((await self.everything_handle.info.remote())["masks_in_flight"])
+        check_everything(sizes, self._everything_masks, self.limits)  # before decoding a pixel
         images = [await asyncio.to_thread(decode_image, d, self.limits.max_image_bytes, self.limits.max_pixels)
                   for d in payloads]
         results = await self.everything_handle.segment.remote(images)

@@ -27,7 +27,7 @@ from edgesam.data.transforms import preprocess
 from edgesam.inference import Predictor
 from edgesam.inference.everything import EverythingConfig, EverythingGenerator
 
-from .budget import returned_masks, segment_bytes, split_by_budget
+from .budget import everything_masks_in_flight, returned_masks, segment_bytes, split_by_budget
 from .codec import encode_npy_b64, mask_to_png_b64
 from .config import ServeAppConfig
 from .messages import DecodeRequest
@@ -309,4 +309,5 @@ class Everything:
         return results
 
     def info(self) -> dict[str, Any]:
-        return {**self.model_info.as_dict(), "implementation": f"EverythingGenerator(mode={self.gen_cfg.mode})"}
+        return {**self.model_info.as_dict(), "implementation": f"EverythingGenerator(mode={self.gen_cfg.mode})",
+                "masks_in_flight": everything_masks_in_flight(self.cfg.everything.generator, self.gen_cfg.mode)}
