@@ -201,9 +201,10 @@ def test_fp16_build_requires_a_pinned_normalisation(tmp_path):
     """Every graph we build engines from names its LayerNorm scopes (metadata, or found by scanning rpn.onnx),
     and a build that pinned none fails instead of shipping FP16 LayerNorm."""
     from edgesam.export import export_decoder, export_encoder
+    from edgesam.export.rpn_onnx import export_rpn_onnx
     from edgesam.export.tensorrt_build import _fp32_scopes, require_pinned
     from edgesam.models import EdgeSAM
-    from edgesam.models.rpn import build_rpn, export_rpn_onnx
+    from edgesam.models.rpn import build_rpn
 
     torch.manual_seed(0)
     model = EdgeSAM(128).eval()
