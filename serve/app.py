@@ -11,6 +11,9 @@ Endpoints: ``POST /v1/embeddings``, ``POST /v1/segment``, ``POST /v1/everything`
 ``{"error": "..."}``. Ray Serve's own metrics (request counts/latencies per deployment, batch sizes,
 replica counts) are on Ray's Prometheus endpoint (``ray start --metrics-export-port=8080``, then
 ``http://<node>:8080/metrics``), plus ``edgesam_embedding_cache_{hits,misses}`` from the ingress.
+
+Every request is checked against a memory budget before any work (``serve.budget``: 413 past
+``limits.memory_budget_bytes``); a replica that dies mid-request gives 503, not 500 (``serve.faults``).
 """
 # No ``from __future__ import annotations`` here: FastAPI must see real annotations on the ingress methods.
 
@@ -27,9 +30,11 @@ from ray.serve.deployment import Application
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .cache import CacheEntry, EmbeddingCache
-from .codec import RequestError, content_hash, decode_b64_image, decode_image
+from .budget import check_everything, check_segment
+from .cache import CacheEntry
+from .codec import RequestError, content_hash, decode_b64_image, decode_image, probe_image
 from .config import LimitsSection, ServeAppConfig, load_serve_config
+from .faults import add_unavailable_handlers
 from .integrations import routers as integration_routers
 from .messages import DecodeRequest
 from .payloads import (image_body_openapi, read_image_payloads, summarise_errors, validate_mask_input,
@@ -52,6 +57,7 @@ class ReplicaSettings:
 
     limits: LimitsSection = LimitsSection()
     api_key: str | None = None
+    replica: str = ""  # this ingress replica's id, sent as X-EdgeSAM-Replica (which replica answered)
 
 
 class PayloadTooLarge(StarletteHTTPException):
@@ -89,7 +95,12 @@ class BodyLimitMiddleware:
                     raise PayloadTooLarge(limit)
             return message
 
-        await self.app(scope, limited_receive, send)
+        async def send_with_replica(message: dict) -> None:
+            if message["type"] == "http.response.start" and ReplicaSettings.replica:
+                message["headers"] = [*message.get("headers", []), (b"x-edgesam-replica", ReplicaSettings.replica.encode())]
+            await send(message)
+
+        await self.app(scope, limited_receive, send_with_replica)
 
 
 api = FastAPI(
@@ -101,6 +112,7 @@ api = FastAPI(
 api.add_middleware(BodyLimitMiddleware)
 for _router in integration_routers():  # Label Studio, X-AnyLabeling, CVAT backends (serve/integrations)
     api.include_router(_router)
+add_unavailable_handlers(api)  # a dying replica answers 503, not 500
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -135,19 +147,29 @@ def require_api_key(x_api_key: Annotated[str | None, Header(description="needed 
         raise StarletteHTTPException(401, "missing or wrong X-API-Key header")
 
 
+def _as_entry(found: dict[str, Any]) -> CacheEntry:
+    """``EmbeddingStore`` answer {"ref": [ObjectRef], "original_hw", "input_hw"} -> CacheEntry.
+
+    Defined above the ingress class: Serve pickles that class by value when it is decorated, capturing only
+    the module globals that exist at that moment."""
+    return CacheEntry(found["ref"][0], tuple(found["original_hw"]), tuple(found["input_hw"]))
+
+
 @serve.deployment(name="EdgeSamIngress")
 @serve.ingress(api)
 class EdgeSamIngress:
-    """HTTP front: validation, limits, API key, the embedding LRU cache, and the web page."""
+    """HTTP front: validation, limits and memory budgets, API key, and the web page. Embeddings live in the
+    ``EmbeddingStore`` deployment, shared by every ingress replica."""
 
     def __init__(self, cfg: dict, encoder: DeploymentHandle, decoder: DeploymentHandle,
-                 everything: DeploymentHandle) -> None:
+                 everything: DeploymentHandle, store: DeploymentHandle) -> None:
         self.cfg = ServeAppConfig.model_validate(cfg)
-        self.encoder, self.decoder, self.everything_handle = encoder, decoder, everything
+        self.encoder, self.decoder, self.everything_handle, self.store = encoder, decoder, everything, store
         self.limits = self.cfg.limits
         ReplicaSettings.limits = self.limits
         ReplicaSettings.api_key = self.cfg.auth.resolve()
-        self.cache = EmbeddingCache(self.cfg.cache.max_embeddings)
+        ReplicaSettings.replica = serve.get_replica_context().replica_id.unique_id
+        self._everything_masks: int | None = None  # masks one everything decoder call holds (its replica's mode)
         self._weights: str | None = None  # "checkpoint" | "onnx" | "random", as the encoder replica reports it
         self.page = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
         self._health: dict[str, Any] | None = None
@@ -164,13 +186,14 @@ class EdgeSamIngress:
     @api.get("/healthz", response_model=HealthResponse)
     async def healthz(self) -> dict[str, Any]:
         """Model identity, backends, image size, and whether the weights are random (with a loud warning)."""
-        enc, dec, every = await asyncio.gather(self.encoder.info.remote(), self.decoder.info.remote(),
-                                               self.everything_handle.info.remote())
+        enc, dec, every, cache = await asyncio.gather(self.encoder.info.remote(), self.decoder.info.remote(),
+                                                      self.everything_handle.info.remote(), self.store.stats.remote())
         return {"status": "ok", "model": enc["identity"], "weights": enc["weights"], "warning": enc["warning"],
                 "backend": {"encoder": enc["backend"], "decoder": dec["backend"], "everything": every["backend"]},
-                "img_size": enc["img_size"], "auth": ReplicaSettings.api_key is not None, "cache": self.cache.stats(),
+                "img_size": enc["img_size"], "auth": ReplicaSettings.api_key is not None, "cache": cache,
                 "batching": {"encoder": {**enc["batching"], **enc["stats"]},
-                             "decoder": {**dec["batching"], **dec["stats"], "groups": dec["groups"]}},
+                             "decoder": {**dec["batching"], **dec["stats"], "groups": dec["groups"],
+                                         "embeddings": dec["embeddings"]}},
                 "everything": every["implementation"]}
 
     @api.get("/v1/samples", response_model=list[SampleInfo])
@@ -194,17 +217,30 @@ class EdgeSamIngress:
             self._weights = (await self.encoder.info.remote())["weights"]
         return self._weights
 
+    async def _lookup(self, key: str) -> CacheEntry | None:
+        """The store's entry for ``key`` (its ``ref`` an ObjectRef to the embedding), or None."""
+        found = await self.store.lookup.remote(key)
+        return None if found is None else _as_entry(found)
+
     async def _embedding_for(self, data: bytes) -> tuple[str, CacheEntry, bool]:
+        """Image bytes -> (embedding_id, entry, cached); a miss decodes here and encodes through the store."""
         key = content_hash(data)
+        entry = await self._lookup(key)
+        cached = entry is not None
+        if entry is None:
+            import ray
 
-        async def compute() -> CacheEntry:
             image = await asyncio.to_thread(decode_image, data, self.limits.max_image_bytes, self.limits.max_pixels)
-            out = await self.encoder.encode.remote(image)
-            return CacheEntry(out["embedding"], tuple(out["original_hw"]), tuple(out["input_hw"]))
-
-        entry, cached = await self.cache.get_or_compute(key, compute)
+            found, cached = await self.store.embed.remote(key, [ray.put(image)])
+            entry = _as_entry(found)
         (self.hit_counter if cached else self.miss_counter).inc()
         return key, entry, cached
+
+    @staticmethod
+    def decode_request(key: str, entry: CacheEntry, **fields: Any) -> DecodeRequest:
+        """The decoder message for ``entry``: the embedding travels as its ObjectRef, never as the array."""
+        return DecodeRequest(embedding_id=key, embedding=None, embedding_ref=[entry.ref], original_hw=entry.original_hw,
+                             input_hw=entry.input_hw, **fields)
 
     @api.post("/v1/embeddings", response_model=EmbeddingResponse, responses=ERRORS,
               openapi_extra=image_body_openapi(ImageRequest), dependencies=[Depends(require_api_key)])
@@ -212,7 +248,8 @@ class EdgeSamIngress:
         """Encode an image once; later /v1/segment calls refer to it by ``embedding_id`` (its sha256)."""
         (data,) = await read_image_payloads(request, self.limits, many=False)
         key, entry, cached = await self._embedding_for(data)
-        return {"embedding_id": key, "width": entry.original_hw[1], "height": entry.original_hw[0], "cached": cached}
+        h, w = entry.original_hw
+        return {"embedding_id": key, "width": w, "height": h, "cached": cached}
 
     @api.post("/v1/segment", response_model=SegmentResponse, responses=ERRORS,
               dependencies=[Depends(require_api_key)])
@@ -223,20 +260,26 @@ class EdgeSamIngress:
         ``low_res_logits`` back as ``mask_input`` with the corrected clicks."""
         if (req.embedding_id is None) == (req.image_b64 is None):
             raise RequestError("give exactly one of embedding_id (from /v1/embeddings) or image_b64", 422)
+        data = entry = None
         if req.embedding_id is not None:
-            key, entry = req.embedding_id, self.cache.get(req.embedding_id)
+            key, entry = req.embedding_id, await self._lookup(req.embedding_id)
             if entry is None:
                 raise RequestError(f"unknown embedding_id {key}: it was never computed here or was evicted; "
                                    "POST the image to /v1/embeddings again (or send image_b64)", 404)
+            h, w = entry.original_hw
         else:
             data = decode_b64_image(req.image_b64, self.limits.max_image_bytes)
+            # header only; the pixel count is all the budget needs (EXIF rotation may swap h and w)
+            w, h, _ = probe_image(data, self.limits.max_image_bytes, self.limits.max_pixels)
+        check_segment(h, w, len(req.boxes) if req.boxes else 1, req.num_outputs, req.multimask_select,
+                      self.limits)  # before any work
+        if data is not None:
             key, entry, _ = await self._embedding_for(data)
-        h, w = entry.original_hw
+            h, w = entry.original_hw
         prompts = validate_prompts(req, h, w, self.limits)
         mask = None if req.mask_input is None else validate_mask_input(req.mask_input, self.cfg.model.img_size)
-        result = await self.decoder.decode.remote(DecodeRequest(
-            embedding_id=key, embedding=entry.embedding, original_hw=entry.original_hw, input_hw=entry.input_hw,
-            num_outputs=req.num_outputs, select=req.multimask_select, fmt=req.format, mask_input=mask,
+        result = await self.decoder.decode.remote(self.decode_request(
+            key, entry, num_outputs=req.num_outputs, select=req.multimask_select, fmt=req.format, mask_input=mask,
             return_low_res_logits=req.return_low_res_logits, **prompts))
         if "error" in result:
             raise RequestError(result["error"], 422)
@@ -248,6 +291,10 @@ class EdgeSamIngress:
     async def everything(self, request: Request) -> dict[str, Any]:
         """Segment everything in one image (or ``images_b64``: several) -> COCO-style annotations per image."""
         payloads = await read_image_payloads(request, self.limits, many=True)
+        sizes = [probe_image(d, self.limits.max_image_bytes, self.limits.max_pixels)[1::-1] for d in payloads]
+        if self._everything_masks is None:
+            self._everything_masks = int((await self.everything_handle.info.remote())["masks_in_flight"])
+        check_everything(sizes, self._everything_masks, self.limits)  # before decoding a pixel
         images = [await asyncio.to_thread(decode_image, d, self.limits.max_image_bytes, self.limits.max_pixels)
                   for d in payloads]
         results = await self.everything_handle.segment.remote(images)
@@ -255,17 +302,22 @@ class EdgeSamIngress:
 
 
 def build_app(cfg: ServeAppConfig) -> Application:
-    """The application graph for ``cfg``: ingress -> (ImageEncoder, MaskDecoder, Everything)."""
+    """The application graph for ``cfg``: ingress -> (EmbeddingStore -> ImageEncoder, MaskDecoder, Everything)."""
     # Imported here, not at module level, so the ingress replica (which imports this module) stays free of
     # torch: it starts faster and holds ~300 MB less.
     from .deployments import Everything, ImageEncoder, MaskDecoder, everything_config
+    from .store import EmbeddingStore
 
     everything_config(cfg, has_rpn=False)  # fail here, not in a replica, on a bad everything.generator
     d = cfg.model_dump(mode="json")
     encoder = ImageEncoder.options(**cfg.encoder.options()).bind(d)
     decoder = MaskDecoder.options(**cfg.decoder.options()).bind(d)
     everything = Everything.options(**cfg.everything.options(2)).bind(d)
-    return EdgeSamIngress.options(**cfg.ingress.options(64)).bind(d, encoder, decoder, everything)
+    # One store replica: it is the shared state (a second would be a second, disjoint cache).
+    store = EmbeddingStore.options(num_replicas=1, max_ongoing_requests=1000,
+                                   ray_actor_options={"num_cpus": cfg.cache.num_cpus}).bind(cfg.cache.max_embeddings,
+                                                                                            encoder)
+    return EdgeSamIngress.options(**cfg.ingress.options(64)).bind(d, encoder, decoder, everything, store)
 
 
 def __getattr__(name: str) -> Application:

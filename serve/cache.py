@@ -1,23 +1,25 @@
 """Embedding cache keyed by the sha256 of the image bytes: an LRU bounded by entry count.
 
-Concurrent requests for the same uncached image share one encoder call (in-flight de-duplication);
-a failed computation is not cached and its error reaches every waiter.
+It lives in the ``EmbeddingStore`` deployment (``serve.store``), one for all ingress replicas; entries hold
+Ray ``ObjectRef``s to the embeddings, owned by the store, so evicting an entry frees its object once no
+in-flight request still borrows it. Concurrent requests for the same uncached image share one encoder call
+(in-flight de-duplication, across ingress replicas); a failed computation is not cached and its error
+reaches every waiter.
 """
 from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Awaitable, Callable
-
-import numpy as np
+from typing import Any, Awaitable, Callable
 
 
 @dataclass(frozen=True)
 class CacheEntry:
-    """embedding (1,256,S/16,S/16) float32; original_hw (H,W); input_hw resized extent in the S frame."""
+    """ref: ObjectRef of the embedding (1,256,S/16,S/16) float32; original_hw (H,W); input_hw resized extent in
+    the S frame."""
 
-    embedding: np.ndarray
+    ref: Any
     original_hw: tuple[int, int]
     input_hw: tuple[int, int]
 

@@ -112,7 +112,12 @@ class EverythingSection(DeploymentSection):
 
 
 class CacheSection(StrictModel):
-    max_embeddings: int = Field(64, ge=1, description="LRU bound on cached embeddings (count) per ingress replica")
+    """The ``EmbeddingStore`` deployment: one replica holding the embeddings in Ray's object store, shared by
+    every ingress replica; decoder replicas keep ``decoder_local`` recent ones (read once from the store)."""
+
+    max_embeddings: int = Field(64, ge=1, description="LRU bound on stored embeddings (count), for all ingress replicas")
+    num_cpus: float = Field(0.1, ge=0)
+    decoder_local: int = Field(4, ge=0, description="embeddings each decoder replica keeps locally (LRU)")
 
 
 class LimitsSection(StrictModel):
@@ -121,6 +126,10 @@ class LimitsSection(StrictModel):
     max_points: int = Field(64, ge=1)
     max_boxes: int = Field(64, ge=1)
     max_images: int = Field(4, ge=1, description="images per /v1/everything request")
+    memory_budget_bytes: int = Field(2_000_000_000, ge=1_000_000, description=(
+        "per-request memory budget: a request whose full-size masks (pixels x masks x mask_bytes_per_pixel) "
+        "would need more is refused with 413 before any work (serve.budget)"))
+    mask_bytes_per_pixel: float = Field(6.0, gt=0, description="measured peak bytes per full-size mask pixel")
 
     @property
     def max_body_bytes(self) -> int:

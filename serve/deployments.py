@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
@@ -27,6 +27,7 @@ from edgesam.data.transforms import preprocess
 from edgesam.inference import Predictor
 from edgesam.inference.everything import EverythingConfig, EverythingGenerator
 
+from .budget import everything_masks_in_flight, returned_masks, segment_bytes, split_by_budget
 from .codec import encode_npy_b64, mask_to_png_b64
 from .config import ServeAppConfig
 from .messages import DecodeRequest
@@ -177,20 +178,59 @@ class MaskDecoder:
 
     def __init__(self, cfg: dict) -> None:
         self.cfg = ServeAppConfig.model_validate(cfg)
-        backends = load_backends(self.cfg.model)
+        backends = load_backends(self.cfg.model, max_prompts=max(64, self.cfg.limits.max_boxes))
         self.decoder, self.model_info = backends.decoder, backends.info
         self.model_thread = _ModelThread()
         self.img_size = self.cfg.model.img_size
         self.batching = _apply_batch_settings(self._decode_batch, {}, self.cfg.decoder.model_dump())
         self.stats = _BatchStats()
         self.groups = _BatchStats()
+        self.local: OrderedDict[str, np.ndarray] = OrderedDict()  # embedding_id -> embedding read from the store
+        self.fetching: dict[str, asyncio.Future] = {}
+        self.transfer = {"requests": 0, "by_ref": 0, "inline": 0, "store_reads": 0, "local_hits": 0, "bytes_read": 0}
 
     def reconfigure(self, user_config: dict) -> None:
         self.batching = _apply_batch_settings(self._decode_batch, self.batching, user_config or {})
 
     async def decode(self, req: DecodeRequest) -> dict[str, Any]:
         """-> {"masks": [MaskOut dict, ...]} or {"error": message} for a prompt the predictor rejects."""
+        self.transfer["requests"] += 1
+        if req.embedding is None:
+            req.embedding = await self._embedding(req)
+        else:
+            self.transfer["inline"] += 1
         return await self._decode_batch(req)
+
+    async def _embedding(self, req: DecodeRequest) -> np.ndarray:
+        """The request's embedding from the local LRU, else read once from the object store (by its ref)."""
+        self.transfer["by_ref"] += 1
+        local = self.local.get(req.embedding_id)
+        if local is not None:
+            self.local.move_to_end(req.embedding_id)
+            self.transfer["local_hits"] += 1
+            return local
+        pending = self.fetching.get(req.embedding_id)
+        if pending is None:  # one read per embedding, also for concurrent clicks on it
+            pending = self.fetching[req.embedding_id] = asyncio.ensure_future(self._read(req))
+            pending.add_done_callback(lambda _: self.fetching.pop(req.embedding_id, None))
+        else:
+            self.transfer["local_hits"] += 1
+        return await asyncio.shield(pending)
+
+    async def _read(self, req: DecodeRequest) -> np.ndarray:
+        emb = np.array(await req.embedding_ref[0], np.float32)  # writable, ours: the store may evict its copy
+        self.transfer["store_reads"] += 1
+        self.transfer["bytes_read"] += emb.nbytes
+        if self.cfg.cache.decoder_local:
+            self.local[req.embedding_id] = emb
+            while len(self.local) > self.cfg.cache.decoder_local:
+                self.local.popitem(last=False)
+        return emb
+
+    def _cost(self, req: DecodeRequest) -> int:
+        """The request's memory estimate (serve.budget), to keep each decoder call within the budget."""
+        h, w = req.original_hw
+        return segment_bytes(h, w, returned_masks(req.num_prompts, req.num_outputs, req.select), self.cfg.limits)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def _decode_batch(self, reqs: list[DecodeRequest]) -> list[dict[str, Any]]:
@@ -199,15 +239,18 @@ class MaskDecoder:
         for i, r in enumerate(reqs):
             groups.setdefault(r.group_key(), []).append(i)
         results: list[dict[str, Any] | None] = [None] * len(reqs)
+        budget = self.cfg.limits.memory_budget_bytes
         for idx in groups.values():
-            for i, res in zip(idx, await self.model_thread.run(self._run_group, [reqs[i] for i in idx])):
-                results[i] = res
+            for run in split_by_budget(idx, lambda i: self._cost(reqs[i]), budget):  # each call within the budget
+                for i, res in zip(run, await self.model_thread.run(self._run_group, [reqs[i] for i in run])):
+                    results[i] = res
         self.stats.add(len(reqs), time.perf_counter() - t0)
         return results
 
     def _predictor(self, req: DecodeRequest, num_prompts: int) -> Predictor:
         p = Predictor(ShapeOnlyEncoder(self.img_size), self.decoder, max_prompts=max(num_prompts, 1))
-        p.set_embedding(np.array(req.embedding, np.float32), req.original_hw, req.input_hw)  # writable copy
+        emb = req.embedding if req.embedding.flags.writeable else np.array(req.embedding, np.float32)  # torch: writable
+        p.set_embedding(emb, req.original_hw, req.input_hw)
         return p
 
     def _run_group(self, group: list[DecodeRequest]) -> list[dict[str, Any]]:
@@ -232,7 +275,7 @@ class MaskDecoder:
 
     def info(self) -> dict[str, Any]:
         return {**self.model_info.as_dict(), "batching": self.batching, "stats": self.stats.as_dict(),
-                "groups": self.groups.as_dict()}
+                "groups": self.groups.as_dict(), "embeddings": dict(self.transfer)}
 
 
 def everything_config(cfg: ServeAppConfig, has_rpn: bool) -> EverythingConfig:
@@ -248,7 +291,9 @@ class Everything:
 
     def __init__(self, cfg: dict) -> None:
         self.cfg = ServeAppConfig.model_validate(cfg)
-        backends = load_backends(self.cfg.model, with_rpn=self.cfg.everything.mode != "grid")
+        gen = EverythingConfig.model_validate({k: v for k, v in self.cfg.everything.generator.items() if k != "mode"})
+        backends = load_backends(self.cfg.model, with_rpn=self.cfg.everything.mode != "grid",
+                                 max_prompts=max(gen.max_proposals, gen.points_per_batch))  # one TensorRT execute
         self.model_info = backends.info
         self.gen_cfg = everything_config(self.cfg, backends.rpn is not None)
         self.generator = EverythingGenerator(backends.decoder, self.gen_cfg, encoder=backends.encoder, rpn=backends.rpn)
@@ -264,4 +309,5 @@ class Everything:
         return results
 
     def info(self) -> dict[str, Any]:
-        return {**self.model_info.as_dict(), "implementation": f"EverythingGenerator(mode={self.gen_cfg.mode})"}
+        return {**self.model_info.as_dict(), "implementation": f"EverythingGenerator(mode={self.gen_cfg.mode})",
+                "masks_in_flight": everything_masks_in_flight(self.cfg.everything.generator, self.gen_cfg.mode)}

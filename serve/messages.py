@@ -10,13 +10,14 @@ import numpy as np
 class DecodeRequest:
     """One /v1/segment call after validation. Coordinates in the original frame.
 
-    embedding (1,256,S/16,S/16); points (P,2) + labels (P,) form one prompt, or with boxes (N,4) XYXY
+    embedding (1,256,S/16,S/16), or None with ``embedding_ref`` set: [ObjectRef] to it in the object store
+    (``EmbeddingStore``), which the decoder resolves itself, so the 4 MB array never rides along; points (P,2) + labels (P,) form one prompt, or with boxes (N,4) XYXY
     the points join every box (N prompts). mask_input (1,1,S/4,S/4) float32 low-res logits (validated) are
     the mask prompt of every one of this request's prompts, or None.
     """
 
     embedding_id: str
-    embedding: np.ndarray
+    embedding: np.ndarray | None
     original_hw: tuple[int, int]
     input_hw: tuple[int, int]
     points: np.ndarray | None
@@ -27,6 +28,7 @@ class DecodeRequest:
     fmt: str = "rle"
     mask_input: np.ndarray | None = None
     return_low_res_logits: bool = False
+    embedding_ref: list | None = None  # [ObjectRef]: boxed, so Ray passes the ref and not the array
 
     @property
     def num_prompts(self) -> int:

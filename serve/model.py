@@ -133,8 +133,9 @@ class Backends:
     rpn: Any = None
 
 
-def _rpn_backend(cfg: ModelSection, model: EdgeSAM | None) -> Any:
-    """EdgeSAM's RPN next to the encoder: torch (a checkpoint from distillation step 3) or ``rpn.onnx``."""
+def _rpn_backend(cfg: ModelSection, model: EdgeSAM | None, kind: str = "onnxruntime") -> Any:
+    """EdgeSAM's RPN next to the encoder: torch (a checkpoint from distillation step 3) or ``rpn.onnx``, as its
+    own TensorRT engine under ``kind == "tensorrt"`` (never CPU ONNX Runtime there), else in ONNX Runtime."""
     from edgesam.inference.everything import OrtRpnEncoder, TorchRpnEncoder
     from edgesam.models.rpn import RPN_ONNX_FILE
 
@@ -144,6 +145,11 @@ def _rpn_backend(cfg: ModelSection, model: EdgeSAM | None) -> Any:
     path = Path(cfg.onnx_dir) / RPN_ONNX_FILE
     if not path.is_file():
         return None
+    if kind == "tensorrt":
+        from edgesam.inference.trt_backend import TrtRpnEncoder
+
+        dev = cfg.device if cfg.device.startswith("cuda") else "cuda"  # load_backends already refused cpu
+        return TrtRpnEncoder(path, cfg.precision, device=int(dev.split(":", 1)[1]) if ":" in dev else 0)
     from edgesam.inference.ort_backend import CPU_EP
 
     return OrtRpnEncoder(path, [CPU_EP] if cfg.device == "cpu" else None, cfg.threads)
@@ -160,9 +166,10 @@ def _export_for_serving(cfg: ModelSection) -> tuple[ModelSection, ModelInfo]:
     return cfg.model_copy(update={"onnx_dir": str(onnx_dir)}), info
 
 
-def load_backends(cfg: ModelSection, with_rpn: bool = False) -> Backends:
+def load_backends(cfg: ModelSection, with_rpn: bool = False, max_prompts: int = 64) -> Backends:
     """Backends for ``cfg`` via ``edgesam.inference.runtime.make_backends`` (plus the RPN when ``with_rpn``
-    and available). Logs a loud warning on random weights."""
+    and available). ``max_prompts``: the most prompts per decoder call (TensorRT profiles cover it in one
+    execute). Logs a loud warning on random weights."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     kind = resolve_kind(cfg)
@@ -175,7 +182,7 @@ def load_backends(cfg: ModelSection, with_rpn: bool = False) -> Backends:
         if not cfg.onnx_dir:  # serve the checkpoint (or random) model through a cached ONNX export
             cfg, source = _export_for_serving(cfg)
         enc, dec = make_backends(kind, onnx_dir=cfg.onnx_dir, device=cfg.device, threads=cfg.threads,
-                                 precision=cfg.precision, max_batch=cfg.trt_max_batch)
+                                 precision=cfg.precision, max_batch=cfg.trt_max_batch, max_prompts=max_prompts)
         info = describe_onnx(cfg, kind)
         if source is not None:  # report the checkpoint it came from, not the cache folder
             info.identity, info.weights = source.identity, source.weights
@@ -185,4 +192,4 @@ def load_backends(cfg: ModelSection, with_rpn: bool = False) -> Backends:
     info.backend = f"{enc.name}/{dec.name}"
     if info.warning:
         log.warning("!" * 100 + "\n" + info.warning + "\n" + "!" * 100)
-    return Backends(enc, dec, info, _rpn_backend(cfg, model) if with_rpn else None)
+    return Backends(enc, dec, info, _rpn_backend(cfg, model, kind) if with_rpn else None)

@@ -30,7 +30,7 @@ from serve.samples import sample_image, sample_png  # noqa: E402
 from tests.imaging import b64  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")]
-SERVER_TIMEOUT = 180
+SERVER_TIMEOUT = 400  # five deployments (EmbeddingStore too): ~170 s to start on 2 saturated cores
 KEY = "integration-key-7"
 LS_TOKEN = "ls-token-42"
 IMG = 256

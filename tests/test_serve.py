@@ -34,11 +34,12 @@ pytestmark = [pytest.mark.ray,
               # pycocotools under numpy 2 (inside edgesam.data.rle.decode_rle), not ours
               pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")]
 # Covers the module fixture starting Ray + Serve (~20 s idle, over 60 s when the 2 cores are saturated).
-SERVER_TIMEOUT = 180
+SERVER_TIMEOUT = 400  # five deployments now (the EmbeddingStore too): ~170 s to start on 2 saturated cores
 REPO = Path(__file__).resolve().parent.parent
 KEY = "test-key-123"
 H = {"X-API-Key": KEY}
 IMG = 256
+BUDGET = 64_000_000  # per-request memory budget of the test server: coffee (600x400) x 4 boxes x 4 outputs fits
 
 
 from tests.imaging import b64 as _b64  # noqa: E402
@@ -68,7 +69,8 @@ def predictor(checkpoint) -> Predictor:
 def server(checkpoint):
     cfg = small_config(model={"checkpoint": str(checkpoint)}, auth={"api_key": KEY},
                        encoder={"batch_wait_timeout_s": 0.1}, decoder={"batch_wait_timeout_s": 0.1},
-                       cache={"max_embeddings": 4}, limits={"max_points": 8, "max_boxes": 4})
+                       cache={"max_embeddings": 4},
+                       limits={"max_points": 8, "max_boxes": 4, "memory_budget_bytes": BUDGET})
     srv = LocalServer(cfg).start()
     yield srv
     srv.stop()
@@ -523,7 +525,8 @@ def test_serve_config_yaml_matches_ray_schema_and_app():
     (app,) = schema.applications
     assert app.import_path == "serve.app:edgesam" and app.route_prefix == "/"
     names = {d.name: d for d in app.deployments}
-    assert set(names) == {"ImageEncoder", "MaskDecoder", "Everything", "EdgeSamIngress"}
+    assert set(names) == {"ImageEncoder", "MaskDecoder", "Everything", "EmbeddingStore", "EdgeSamIngress"}
+    assert names["EmbeddingStore"].num_replicas == 1  # the shared state: never more than one
     for name in ("ImageEncoder", "MaskDecoder"):
         d = names[name]
         assert d.max_ongoing_requests >= 2 * d.user_config["max_batch_size"]
@@ -545,3 +548,58 @@ def test_default_app_builds_from_config_file(monkeypatch, tmp_path):
     custom.write_text(yaml.safe_dump({"model": {"img_size": 100}}))
     with pytest.raises(ValueError, match="multiple of 64"):
         app_module.__getattr__("edgesam")
+
+
+def _big_png(h: int = 3000, w: int = 4000) -> bytes:
+    """A 12 MP photo-sized PNG that compresses to a few kB (a flat colour with one square)."""
+    img = np.full((h, w, 3), (90, 120, 200), np.uint8)
+    img[h // 3:h // 2, w // 3:w // 2] = 240
+    return _png(img)
+
+
+@pytest.mark.timeout(SERVER_TIMEOUT)
+def test_over_budget_is_413_before_any_work_and_the_server_stays_healthy(server, coffee):
+    """A 12 MP image with 4 boxes x 4 outputs (288 MB of masks) against a 64 MB budget: 413 naming both figures,
+    nothing encoded (no store miss), everything refused too; then /healthz and a normal request answer."""
+    big = _big_png()
+    before = requests.get(server.url + "/healthz", timeout=30).json()["cache"]
+    boxes = [[10, 10, 3000, 2000], [100, 100, 500, 500], [0, 0, 4000, 3000], [5, 5, 50, 50]]
+    r = _segment(server, image_b64=_b64(big), boxes=boxes, num_outputs=4)
+    assert r.status_code == 413, r.text
+    err = r.json()["error"]
+    assert "memory budget of 0.06 GB" in err and "1.15 GB" in err and "4000x3000 pixels x 16 masks" in err
+    # best-per-prompt returns 4 masks (288 MB): still over; one box, one output (72 MB): still over this budget
+    r = _segment(server, image_b64=_b64(big), boxes=boxes, num_outputs=4, multimask_select="stability")
+    assert r.status_code == 413 and "x 4 masks" in r.json()["error"]
+    r = requests.post(server.url + "/v1/everything", data=big, headers={**H, "Content-Type": "image/png"}, timeout=60)
+    assert r.status_code == 413 and "memory budget" in r.json()["error"], r.text
+    after = requests.get(server.url + "/healthz", timeout=30)
+    assert after.status_code == 200 and after.json()["status"] == "ok"
+    assert after.json()["cache"]["misses"] == before["misses"]  # the big image was never encoded
+    # within budget: coffee x 4 boxes x 4 outputs (23 MB) is served
+    r = _segment(server, embedding_id=coffee["embedding_id"], boxes=[[200, 120, 420, 330]] * 4, num_outputs=4)
+    assert r.status_code == 200 and len(r.json()["masks"]) == 16
+
+
+def test_budget_figures_and_defaults():
+    """No Ray: the default budget (<= 2 GB) refuses the issue's requests and admits ordinary clicks; decoder calls
+    are split so batched requests stay within it."""
+    from serve.budget import check_everything, check_segment, everything_masks_in_flight, split_by_budget
+    from serve.codec import RequestError
+    from serve.config import LimitsSection
+
+    lim = LimitsSection()
+    assert lim.memory_budget_bytes <= 2_000_000_000
+    for h, w, n, k in [(3000, 4000, 16, 4), (5000, 8000, 64, 4), (5000, 8000, 16, 1)]:  # 12 MP, 40 MP
+        with pytest.raises(RequestError) as e:
+            check_segment(h, w, n, k, "all", lim)
+        assert e.value.status == 413 and f"{w}x{h} pixels x {n * k} masks" in str(e.value)
+    assert check_segment(5000, 8000, 1, 4, "stability", lim) == 40_000_000 * 6  # one returned mask at 40 MP
+    assert check_segment(3000, 4000, 16, 4, "iou", lim) == 12_000_000 * 16 * 6
+    assert everything_masks_in_flight({}, "rpn") == 100 and everything_masks_in_flight({}, "grid") == 64 * 3
+    assert everything_masks_in_flight({"points_per_side": 4}, "auto") == 100
+    check_everything([(400, 600)] * 4, 100, lim)
+    with pytest.raises(RequestError, match="memory budget"):
+        check_everything([(3000, 4000)], 100, lim)  # 100 full-size 12 MP masks in flight: 7.2 GB
+    assert split_by_budget([5, 5, 5, 9, 1], lambda c: c, 10) == [[5, 5], [5], [9, 1]]
+    assert split_by_budget([12, 3], lambda c: c, 10) == [[12], [3]]  # alone over: admitted alone

@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.ray,
               # pycocotools under numpy 2 (inside edgesam.data.rle.decode_rle), not ours
               pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")]
 # Covers the module fixture starting Ray + Serve (~20 s idle, over 60 s when the 2 cores are saturated).
-SERVER_TIMEOUT = 180
+SERVER_TIMEOUT = 400  # the app has five deployments (EmbeddingStore too): ~170 s to start on 2 saturated cores
 MAX_IMAGE_BYTES = 200_000
 MAX_PIXELS = 1_000_000
 N_RANDOM = 240

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgesam.export.tensorrt_build import TRT_MISSING
+from edgesam.export.trt_common import TRT_MISSING
 
 REPO = Path(__file__).resolve().parent.parent
 S = 256
@@ -29,7 +29,8 @@ def _trt_skip_reason() -> str | None:
 
 
 def test_modules_import_without_tensorrt():
-    code = ("import sys; import edgesam.inference.trt_backend, edgesam.export.tensorrt_build, "
+    code = ("import sys; import edgesam.inference.trt_backend, edgesam.export.tensorrt_build, edgesam.export.trt_common, "
+            "edgesam.export.tensorrt_gate, "
             "edgesam.inference.runtime, edgesam.export; assert 'tensorrt' not in sys.modules, 'tensorrt imported eagerly'")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert r.returncode == 0, r.stderr
@@ -37,10 +38,10 @@ def test_modules_import_without_tensorrt():
 
 def test_missing_tensorrt_raises_clear_error(monkeypatch, tmp_path):
     from edgesam.inference.runtime import make_backends
-    from edgesam.inference.trt_backend import TrtDecoder, TrtEncoder
+    from edgesam.inference.trt_backend import TrtDecoder, TrtEncoder, TrtRpnEncoder
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # makes `import tensorrt` fail, as on a machine without it
-    for ctor in (TrtEncoder, TrtDecoder):
+    for ctor in (TrtEncoder, TrtDecoder, TrtRpnEncoder):
         with pytest.raises(RuntimeError) as e:
             ctor(tmp_path / "encoder.onnx")
         assert str(e.value) == TRT_MISSING
@@ -88,6 +89,136 @@ def test_graph_profile_follows_the_encoder_batch_axis(tmp_path):
     assert not has_dynamic_batch(fixed) and graph_profile(fixed, encoder_profile=prof) is None
 
 
+def _module_imports(path: Path) -> set[str]:
+    """Absolute names of the edgesam modules ``path`` imports anywhere (module level or inside functions)."""
+    import ast
+
+    pkg = ".".join(path.relative_to(REPO).with_suffix("").parts[:-1])
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = pkg.rsplit(".", node.level - 1)[0] if node.level > 1 else pkg if node.level == 1 else ""
+            mod = ".".join(x for x in (base, node.module or "") if x)
+            out.add(mod)
+            out.update(f"{mod}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+    return {m for m in out if m.startswith("edgesam.")}
+
+
+def test_tensorrt_modules_have_no_import_circle():
+    """trt_backend uses the builder; the builder never imports the runtime (the accuracy gate, which needs both,
+    is its own module); both take the shared helpers from trt_common, which imports neither."""
+    mods = {m: REPO / (m.replace(".", "/") + ".py") for m in (
+        "edgesam.export.trt_common", "edgesam.export.tensorrt_build", "edgesam.inference.trt_backend",
+        "edgesam.export.tensorrt_gate")}
+    deps = {m: {d for d in _module_imports(p) if d in mods and d != m} for m, p in mods.items()}
+    assert deps["edgesam.export.trt_common"] == set()
+    assert deps["edgesam.export.tensorrt_build"] == {"edgesam.export.trt_common"}
+    assert "edgesam.export.tensorrt_gate" not in deps["edgesam.inference.trt_backend"]
+    for a in mods:  # no cycle of any length among them
+        seen, todo = set(), list(deps[a])
+        while todo:
+            b = todo.pop()
+            assert b != a, f"import circle through {a}"
+            if b not in seen:
+                seen.add(b)
+                todo.extend(deps[b])
+
+
+def test_decoder_profile_covers_max_proposals_in_one_execute():
+    """The everything path sends max_proposals prompts per call: its profile's max covers them (opt tuned for
+    them), so TrtDecoder's plan is one execute; the old fixed profile (max 64) took two for 100 proposals."""
+    from edgesam.export.tensorrt_build import engine_cache_key
+    from edgesam.export.trt_common import DecoderProfile, decoder_profile_for, execute_chunks
+
+    for n in (1, 64, 100, 256):
+        prof = decoder_profile_for(n)
+        assert prof.max_prompts >= n and prof.opt_prompts == n and prof.max_points == 16
+        assert execute_chunks(n, prof.max_prompts) == [slice(0, n)]
+    assert execute_chunks(100, DecoderProfile().max_prompts) == [slice(0, 64), slice(64, 100)]
+    assert execute_chunks(5, 2) == [slice(0, 2), slice(2, 4), slice(4, 5)]
+    with pytest.raises(ValueError):
+        decoder_profile_for(0)
+    key = lambda prof: engine_cache_key("GPU", "10.0", "ab" * 32, "fp16", prof)  # noqa: E731
+    assert key(decoder_profile_for(100)) != key(DecoderProfile())  # a new profile never reuses an old engine
+
+
+def test_tensorrt_on_cpu_is_an_error(tmp_path):
+    """backend tensorrt with device=cpu: a clear ValueError before anything is imported or built (it used to run
+    on cuda:0 silently)."""
+    from edgesam.inference.runtime import make_backends
+
+    (tmp_path / "encoder.onnx").write_bytes(b"")
+    (tmp_path / "decoder.onnx").write_bytes(b"")
+    for device in ("cpu", "mps"):
+        with pytest.raises(ValueError, match=f"runs on a CUDA device, got device='{device}'"):
+            make_backends("tensorrt", onnx_dir=tmp_path, device=device)
+    from edgesam.export.trt_common import require_cuda
+
+    with pytest.raises(ValueError, match="CUDA device"):
+        require_cuda("cpu")
+
+
+def test_rpn_under_tensorrt_gets_its_own_engine_not_onnxruntime(monkeypatch, tmp_path):
+    """Serve's everything backend under backend=tensorrt builds rpn.onnx into a TensorRT engine (TrtRpnEncoder):
+    without TensorRT that is the install error, never a quiet ONNX Runtime session on the CPU."""
+    from serve.config import ModelSection
+    from serve.model import _rpn_backend
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    (tmp_path / "rpn.onnx").write_bytes(b"")
+    cfg = ModelSection(img_size=S, onnx_dir=str(tmp_path), backend="tensorrt", device="cuda")
+    with pytest.raises(RuntimeError) as e:
+        _rpn_backend(cfg, None, "tensorrt")
+    assert str(e.value) == TRT_MISSING
+
+
+BUILD_ONCE = """
+import sys, time
+from pathlib import Path
+from edgesam.export.trt_common import file_lock
+lock, out, log = sys.argv[1:4]
+with file_lock(lock):
+    if not Path(out).is_file():  # the check-lock-recheck of build_engine
+        with open(log, "a") as f:
+            f.write("built\\n")
+        time.sleep(0.5)
+        Path(out).write_text("engine")
+"""
+
+
+@pytest.mark.timeout(180)
+def test_engine_build_lock_serialises_processes(tmp_path):
+    """Three processes (replicas) racing to build one engine: the lock lets one build, the others find it."""
+    args = [str(tmp_path / ".x.engine.lock"), str(tmp_path / "x.engine"), str(tmp_path / "log")]
+    procs = [subprocess.Popen([sys.executable, "-c", BUILD_ONCE, *args], cwd=REPO) for _ in range(3)]
+    assert [p.wait(150) for p in procs] == [0, 0, 0]
+    assert (tmp_path / "log").read_text().splitlines() == ["built"]
+
+
+def test_fp16_build_requires_a_pinned_normalisation(tmp_path):
+    """Every graph we build engines from names its LayerNorm scopes (metadata, or found by scanning rpn.onnx),
+    and a build that pinned none fails instead of shipping FP16 LayerNorm."""
+    from edgesam.export import export_decoder, export_encoder
+    from edgesam.export.rpn_onnx import export_rpn_onnx
+    from edgesam.export.tensorrt_build import _fp32_scopes, require_pinned
+    from edgesam.models import EdgeSAM
+    from edgesam.models.rpn import build_rpn
+
+    torch.manual_seed(0)
+    model = EdgeSAM(128).eval()
+    model.rpn = build_rpn(model.image_encoder.feature_channels, width=32, num_convs=1).eval()
+    paths = [export_encoder(model, tmp_path / "encoder.onnx"), export_decoder(model, tmp_path / "decoder.onnx"),
+             export_rpn_onnx(model, tmp_path / "rpn.onnx")]
+    for p in paths:
+        assert len(_fp32_scopes(p)) >= 1, p.name
+    assert any("neck" in s_.lower() or "norm" in s_.lower() for s_ in _fp32_scopes(paths[2]))
+    require_pinned(3, paths[1], ["a"])
+    with pytest.raises(RuntimeError, match="pinned no normalisation layer to FP32"):
+        require_pinned(0, paths[1], _fp32_scopes(paths[1]))
+
+
 @pytest.fixture(scope="module")
 def onnx_dir(tmp_path_factory) -> Path:
     reason = _trt_skip_reason()
@@ -120,7 +251,8 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.mark.trt
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_engine_build_cache_and_parity(onnx_dir, precision):
-    from edgesam.export.tensorrt_build import build_engines, engine_cache_path
+    from edgesam.export.tensorrt_build import engine_cache_path
+    from edgesam.export.tensorrt_gate import build_engines
     from edgesam.inference.ort_backend import CPU_EP, OrtDecoder, OrtEncoder
     from edgesam.inference.trt_backend import TrtDecoder, TrtEncoder
 

@@ -7,14 +7,19 @@
   listed in the graph's ``edgesam.fp32_scopes`` metadata (LayerNorm / LayerNorm2d) and every
   normalisation layer is pinned to FP32. All-FP16 LayerNorm overflows (x - mean)^2 in FP16 and is a known
   failure mode of SAM-family engines.
-* Decoder optimisation profile: prompts N in [1, 64], points P in [1, 16], optimum N = P = 1.
+* Decoder optimisation profile: prompts N in [1, 64], points P in [1, 16], optimum N = P = 1 by default;
+  callers that send ``max_proposals`` prompts per call build with ``decoder_profile_for(max_proposals)``
+  (max >= it, opt = it), so one execute covers a call.
+* FP16 builds must pin at least one normalisation layer (:func:`require_pinned`), else they fail.
+* Builds are serialised across processes by a file lock next to the engine (Serve replicas starting together
+  build once; the others wait and load the result).
 * Encoder optimisation profile (graphs exported with a dynamic batch axis): batch in [1, ``max_batch``],
   optimum ``max_batch`` (default 8, :class:`EncoderProfile`). Older encoder graphs with a fixed batch of 1
   get no profile and a batch-1 engine.
 * Cache: ``<cache_dir>/<onnx stem>-<precision>-<key>.engine`` with key = sha256(GPU name, TensorRT version,
   ONNX file hash, precision, profile), so a new GPU, TensorRT, export or profile (for the encoder: its
   batch bounds) never reuses a stale engine.
-* Accuracy gate (:func:`build_engines`): the fresh engines run beside ONNX Runtime (CPU) on random
+* Accuracy gate (``export.tensorrt_gate.build_engines``): the fresh engines run beside ONNX Runtime (CPU) on random
   input (a batch of 2 images when the encoder engine takes it); engines whose masks disagree (IoU < 0.9)
   or give non-finite values are deleted and refused.
 """
@@ -24,80 +29,15 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
+from .onnx_export import FP32_SCOPES_KEY
+from .onnx_export import _fp32_scopes as scan_fp32_scopes
+from .trt_common import (PRECISIONS, TRT_MISSING, DecoderProfile, EncoderProfile, file_lock,  # noqa: F401
+                         import_tensorrt, require_cuda)
 
-from .onnx_export import DECODER_FILE, ENCODER_FILE, FP32_SCOPES_KEY
-
-TRT_MISSING = "TensorRT is not installed: pip install 'edgesam-ray[trt]' on a machine with an NVIDIA GPU"
-PRECISIONS = ("fp16", "fp32")
 DECODER_DYNAMIC = ("point_coords", "point_labels", "mask_input", "has_mask_input")
-
-
-class EngineAccuracyError(RuntimeError):
-    """A built engine disagrees with ONNX Runtime beyond the gate; the engine file was deleted."""
-
-
-@dataclass(frozen=True)
-class DecoderProfile:
-    """Optimisation-profile bounds for the decoder's dynamic axes."""
-
-    min_prompts: int = 1
-    opt_prompts: int = 1
-    max_prompts: int = 64
-    min_points: int = 1
-    opt_points: int = 1
-    max_points: int = 16
-
-    def __post_init__(self) -> None:
-        if not (1 <= self.min_prompts <= self.opt_prompts <= self.max_prompts):
-            raise ValueError(f"need 1 <= min_prompts <= opt_prompts <= max_prompts, got {self}")
-        if not (1 <= self.min_points <= self.opt_points <= self.max_points):
-            raise ValueError(f"need 1 <= min_points <= opt_points <= max_points, got {self}")
-
-
-@dataclass(frozen=True)
-class EncoderProfile:
-    """Optimisation-profile bounds for the encoder's batch axis: [1, ``max_batch``], tuned for ``opt_batch``
-    (None: ``max_batch``, the size a batching server fills under load). Used only when the ONNX encoder's
-    batch axis is dynamic; ``TrtEncoder`` splits larger batches into chunks of ``max_batch``."""
-
-    max_batch: int = 8
-    opt_batch: int | None = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.max_batch, int) or self.max_batch < 1:
-            raise ValueError(f"max_batch must be an int >= 1, got {self.max_batch!r}")
-        if self.opt_batch is not None and not (1 <= self.opt_batch <= self.max_batch):
-            raise ValueError(f"need 1 <= opt_batch <= max_batch, got {self}")
-
-    @property
-    def shapes(self) -> tuple[int, int, int]:
-        """(min, opt, max) batch."""
-        return 1, self.opt_batch or self.max_batch, self.max_batch
-
-
-def import_tensorrt():
-    """``import tensorrt`` or a RuntimeError saying how to install it."""
-    try:
-        import tensorrt as trt
-    except ImportError as e:
-        raise RuntimeError(TRT_MISSING) from e
-    return trt
-
-
-def require_cuda(device: str | int = 0) -> "object":
-    """The torch CUDA device for TensorRT, or a RuntimeError when there is none."""
-    import torch
-
-    if not torch.cuda.is_available():
-        raise RuntimeError("TensorRT needs an NVIDIA GPU, but torch.cuda.is_available() is False on this machine")
-    dev = torch.device(device if isinstance(device, str) else f"cuda:{device}")
-    if dev.type != "cuda":
-        raise ValueError(f"TensorRT runs on a CUDA device, got device {device!r}")
-    return dev
 
 
 def _sha256(path: Path) -> str:
@@ -165,11 +105,25 @@ def engine_cache_path(onnx_path: str | Path, precision: str = "fp16", cache_dir:
 
 
 def _fp32_scopes(onnx_path: Path) -> list[str]:
+    """Normalisation name scopes: the graph's ``edgesam.fp32_scopes`` metadata (encoder/decoder exports), else
+    found by scanning the graph (``rpn.onnx`` carries no metadata)."""
     import onnx
 
     model = onnx.load(str(onnx_path), load_external_data=False)
     props = {p.key: p.value for p in model.metadata_props}
-    return json.loads(props.get(FP32_SCOPES_KEY, "[]"))
+    if FP32_SCOPES_KEY in props:
+        return json.loads(props[FP32_SCOPES_KEY])
+    return scan_fp32_scopes(onnx_path)
+
+
+def require_pinned(pinned: int, onnx_path: str | Path, scopes: list[str]) -> None:
+    """An FP16 build must have pinned at least one normalisation layer to FP32: all-FP16 LayerNorm is the most
+    reported failure of SAM-family engines, so a graph where none was found is refused, not built."""
+    if pinned < 1:
+        raise RuntimeError(f"{onnx_path}: FP16 build pinned no normalisation layer to FP32 ({len(scopes)} "
+                           "LayerNorm scopes in the graph's metadata or found by scanning, none matched a TensorRT "
+                           "layer); the engine would run LayerNorm in FP16. Re-export the graph with "
+                           "`python -m edgesam.export`, or build with precision='fp32'")
 
 
 def _pin_normalisations_fp32(trt, network, scopes: list[str]) -> int:
@@ -203,8 +157,8 @@ def build_engine(onnx_path: str | Path, precision: str = "fp16", cache_dir: str 
     """Build (or reuse from the cache) a serialized engine for ``encoder.onnx`` or ``decoder.onnx``.
 
     ``profile`` bounds the decoder's prompt/point axes, ``encoder_profile`` the encoder's batch axis (when
-    the graph has a dynamic one). Returns the engine path. Use :func:`build_engines` to also pass the
-    accuracy gate.
+    the graph has a dynamic one). Returns the engine path. Use ``tensorrt_gate.build_engines`` to also
+    pass the accuracy gate.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -217,6 +171,18 @@ def build_engine(onnx_path: str | Path, precision: str = "fp16", cache_dir: str 
     out = engine_cache_path(onnx_path, precision, cache_dir, used_profile, device)
     if out.is_file() and not force:
         return out
+    # Replicas starting together build once: the first takes the lock, the others wait and find the engine.
+    with file_lock(out.parent / f".{out.name}.lock"):
+        if out.is_file() and not force:
+            return out
+        return _build(trt, onnx_path, out, precision, decoder, profile, used_profile, workspace_gib, device, verbose)
+
+
+def _build(trt, onnx_path: Path, out: Path, precision: str, decoder: bool, profile: DecoderProfile,
+           used_profile: DecoderProfile | EncoderProfile | None, workspace_gib: float, device: str | int,
+           verbose: bool) -> Path:
+    """Parse, configure (FP16 with pinned normalisations, profiles) and serialise one engine to ``out``
+    (written to a temporary file, then renamed: readers never see a partial engine)."""
     if precision == "fp16" and not hasattr(trt.BuilderFlag, "FP16"):
         raise RuntimeError(f"TensorRT {trt.__version__} has no weakly typed FP16 builds (removed in TensorRT 11); "
                            "use precision='fp32' or TensorRT 10.x")
@@ -236,7 +202,8 @@ def build_engine(onnx_path: str | Path, precision: str = "fp16", cache_dir: str 
     if precision == "fp16":
         config.set_flag(trt.BuilderFlag.FP16)
         config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-        _pin_normalisations_fp32(trt, network, _fp32_scopes(onnx_path))
+        scopes = _fp32_scopes(onnx_path)
+        require_pinned(_pin_normalisations_fp32(trt, network, scopes), onnx_path, scopes)
     if decoder:
         opt = builder.create_optimization_profile()
         for i in range(network.num_inputs):
@@ -271,99 +238,11 @@ def build_engine(onnx_path: str | Path, precision: str = "fp16", cache_dir: str 
         raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (precision {precision}); "
                            "rerun with verbose=True for the builder log")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_bytes(bytes(serialized))
-    tmp.replace(out)
     out.with_suffix(".json").write_text(json.dumps({
         "onnx": str(onnx_path), "precision": precision, "tensorrt": trt.__version__,
         "gpu": torch.cuda.get_device_name(), "build_s": round(time.perf_counter() - t0, 1),
         "profile": asdict(used_profile) if used_profile else None}, indent=2) + "\n")
+    tmp = out.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_bytes(bytes(serialized))
+    tmp.replace(out)  # last: an engine file on disk is always complete, its metadata beside it
     return out
-
-
-def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Pooled IoU of the foregrounds (logits > 0) over all masks; 1.0 when both are empty."""
-    fa, fb = a > 0, b > 0
-    union = np.logical_or(fa, fb).sum()
-    return 1.0 if union == 0 else float(np.logical_and(fa, fb).sum() / union)
-
-
-def check_engine_accuracy(encoder_engine: str | Path, decoder_engine: str | Path, onnx_dir: str | Path,
-                          min_iou: float = 0.9, seed: int = 0, device: str | int = 0) -> dict:
-    """Run TensorRT and ONNX Runtime (CPU) on random images (two in one batch when the encoder engine takes a
-    batch, else one) and a few prompts; compare.
-
-    Returns ``{"embedding_rel_err", "mask_iou", "decoder_only_mask_iou", "max_abs_logit_diff"}``.
-    Raises :class:`EngineAccuracyError` when outputs are non-finite or a mask IoU is below ``min_iou``.
-    """
-    from ..inference.ort_backend import CPU_EP, OrtDecoder, OrtEncoder
-    from ..inference.trt_backend import TrtDecoder, TrtEncoder
-
-    onnx_dir = Path(onnx_dir)
-    ort_enc = OrtEncoder(onnx_dir / ENCODER_FILE, providers=[CPU_EP])
-    ort_dec = OrtDecoder(onnx_dir / DECODER_FILE, providers=[CPU_EP])
-    trt_enc = TrtEncoder(encoder_engine, device=device)
-    trt_dec = TrtDecoder(decoder_engine, device=device)
-    s = ort_enc.img_size
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((min(2, trt_enc.max_batch), 3, s, s)).astype(np.float32)
-    n = 4
-    coords = np.concatenate([rng.uniform(0, s, (n, 2, 2)), np.zeros((n, 1, 2))], axis=1).astype(np.float32)
-    labels = np.tile(np.array([[1.0, 0.0, -1.0]], np.float32), (n, 1))
-    coords[-1, :2] = np.sort(coords[-1, :2], axis=0)  # last prompt: a box (corners TL, BR) and no padding
-    labels[-1] = (2.0, 3.0, -2.0)
-    emb_ref = ort_enc(x)
-    emb_trt = trt_enc(x)  # one execute over the batch
-    masks_ref, _ = ort_dec(emb_ref[:1], coords, labels)
-    masks_trt, _ = trt_dec(emb_trt[:1], coords, labels)
-    masks_dec_only, _ = trt_dec(emb_ref[:1], coords, labels)
-    report = {
-        "embedding_rel_err": float(np.linalg.norm(emb_trt - emb_ref) / max(np.linalg.norm(emb_ref), 1e-12)),
-        "mask_iou": _mask_iou(masks_ref, masks_trt),
-        "decoder_only_mask_iou": _mask_iou(masks_ref, masks_dec_only),
-        "max_abs_logit_diff": float(np.abs(masks_trt - masks_ref).max()),
-    }
-    finite = all(np.isfinite(a).all() for a in (emb_trt, masks_trt, masks_dec_only))
-    if not finite or report["mask_iou"] < min_iou or report["decoder_only_mask_iou"] < min_iou:
-        raise EngineAccuracyError(f"TensorRT engines disagree with ONNX Runtime (finite={finite}, {report}, "
-                                  f"gate IoU >= {min_iou}); engines refused")
-    return report
-
-
-def build_engines(onnx_dir: str | Path, precision: str = "fp16", cache_dir: str | Path | None = None,
-                  profile: DecoderProfile = DecoderProfile(), min_iou: float = 0.9, force: bool = False,
-                  device: str | int = 0, encoder_profile: EncoderProfile = EncoderProfile()) -> dict[str, Path]:
-    """Build encoder and decoder engines for ``onnx_dir`` and gate them against ONNX Runtime.
-
-    ``encoder_profile.max_batch`` bounds the images per encoder execute (when ``encoder.onnx`` has a dynamic
-    batch axis); it is part of the engine's cache key.
-
-    Freshly built engines that fail the gate are deleted and :class:`EngineAccuracyError` is raised;
-    cached engines passed the gate when they were written. Returns ``{"encoder", "decoder"}`` paths.
-    """
-    onnx_dir = Path(onnx_dir)
-    enc_onnx, dec_onnx = onnx_dir / ENCODER_FILE, onnx_dir / DECODER_FILE
-    for p in (enc_onnx, dec_onnx):
-        if not p.is_file():
-            raise FileNotFoundError(f"ONNX file not found: {p} (create it with `python -m edgesam.export`)")
-    enc_profile = graph_profile(enc_onnx, profile, encoder_profile)
-    fresh = [not engine_cache_path(enc_onnx, precision, cache_dir, enc_profile, device).is_file() or force,
-             not engine_cache_path(dec_onnx, precision, cache_dir, profile, device).is_file() or force]
-    enc = build_engine(enc_onnx, precision, cache_dir, profile, force=force, device=device,
-                       encoder_profile=encoder_profile)
-    dec = build_engine(dec_onnx, precision, cache_dir, profile, force=force, device=device)
-    if any(fresh):
-        try:
-            report = check_engine_accuracy(enc, dec, onnx_dir, min_iou=min_iou, device=device)
-        except EngineAccuracyError:
-            for p, new in zip((enc, dec), fresh):
-                if new:
-                    p.unlink(missing_ok=True)
-                    p.with_suffix(".json").unlink(missing_ok=True)
-            raise
-        for p in (enc, dec):
-            meta_path = p.with_suffix(".json")
-            meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-            meta["accuracy_gate"] = report
-            meta_path.write_text(json.dumps(meta, indent=2) + "\n")
-    return {"encoder": enc, "decoder": dec}

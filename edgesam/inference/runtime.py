@@ -41,12 +41,15 @@ def _check_pair(encoder: EncoderBackend, decoder: DecoderBackend) -> None:
 def make_backends(kind: BackendKind, *, model: torch.nn.Module | None = None, onnx_dir: str | Path | None = None,
                   device: str = "cpu", threads: int | None = None,
                   precision: str = "fp16", max_batch: int = 8, ort_decoder: str = "auto",
-                  int8: bool | Literal["decoder"] = False) -> tuple[EncoderBackend, DecoderBackend]:
+                  int8: bool | Literal["decoder"] = False,
+                  max_prompts: int = 64) -> tuple[EncoderBackend, DecoderBackend]:
     """Build ``(encoder, decoder)`` backends.
 
     kind: ``torch`` (needs ``model``: an EdgeSAM or SamTeacher), ``onnxruntime`` (needs ``onnx_dir``;
     ``device`` "cpu" or "cuda"), ``tensorrt`` (needs ``onnx_dir``, TensorRT and a CUDA ``device``;
-    ``precision`` "fp16" or "fp32"; ``max_batch`` images per encoder engine execute). ``threads``: intra-op
+    ``precision`` "fp16" or "fp32"; ``max_batch`` images per encoder engine execute; ``max_prompts`` the most
+    prompts the caller sends per decoder call, e.g. ``max_proposals``: the decoder engine's profile covers it
+    in one execute and is tuned for it). ``threads``: intra-op
     CPU threads for onnxruntime and torch (None: leave the library default). onnxruntime only:
     ``ort_decoder`` "auto" / "fast" / "reference" (:func:`edgesam.inference.ort_fast.make_ort_decoder`),
     ``int8`` True: INT8 encoder (static QDQ) and decoder (dynamic), "decoder": the decoder only; the INT8
@@ -82,12 +85,17 @@ def make_backends(kind: BackendKind, *, model: torch.nn.Module | None = None, on
         enc = OrtEncoder(enc_path.with_name(int8_name(enc_path.name)) if int8 is True else enc_path, providers, threads)
         dec = make_ort_decoder(dec_path.parent, providers, threads, ort_decoder, bool(int8))
     else:
-        from ..export.tensorrt_build import EncoderProfile, build_engines, import_tensorrt, require_cuda
+        if not device.startswith("cuda"):  # never a silent switch to a GPU the caller did not ask for
+            raise ValueError(f"backend 'tensorrt' runs on a CUDA device, got device={device!r}: pass device='cuda' "
+                             "(or 'cuda:N'), or use backend 'onnxruntime' / 'torch' on the CPU")
+        from ..export.tensorrt_gate import build_engines
+        from ..export.trt_common import EncoderProfile, decoder_profile_for, import_tensorrt, require_cuda
         from .trt_backend import TrtDecoder, TrtEncoder
 
         import_tensorrt()
-        dev = require_cuda("cuda" if device == "cpu" else device)
+        dev = require_cuda(device)
         engines = build_engines(Path(onnx_dir), precision=precision, device=dev.index or 0,
+                                profile=decoder_profile_for(max_prompts),
                                 encoder_profile=EncoderProfile(max_batch=max_batch))
         enc = TrtEncoder(engines["encoder"], device=dev.index or 0)
         dec = TrtDecoder(engines["decoder"], device=dev.index or 0)

@@ -7,6 +7,11 @@
 execute when the engine has a dynamic batch axis (chunks of the profile's maximum, ``EncoderProfile.max_batch``),
 and image by image for engines built from older fixed-batch-1 graphs.
 
+``TrtRpnEncoder`` runs ``rpn.onnx`` (encoder + RPN head) as its own engine, so segment-everything under
+``backend=tensorrt`` never falls back to ONNX Runtime on the CPU. ``TrtDecoder`` runs N prompts in
+``execute_chunks(N, max_prompts)`` executes: one when the engine's profile was built with
+``decoder_profile_for(max_proposals)``.
+
 ``import tensorrt`` is lazy: importing this module needs neither TensorRT nor a GPU; constructing a
 backend without TensorRT raises ``RuntimeError`` with the install command.
 """
@@ -16,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..export.tensorrt_build import DecoderProfile, EncoderProfile, build_engine, import_tensorrt, require_cuda
+from ..export.tensorrt_build import build_engine
+from ..export.trt_common import DecoderProfile, EncoderProfile, execute_chunks, import_tensorrt, require_cuda
 
 
 class TrtEngine:
@@ -120,7 +126,8 @@ class TrtEncoder:
 
 
 class TrtDecoder:
-    """DecoderBackend over a decoder engine; N above the profile's maximum is split into chunks."""
+    """DecoderBackend over a decoder engine; N above the profile's maximum is split into chunks
+    (:func:`execute_chunks`). ``profile`` applies when ``path`` is an ``.onnx`` file to build from."""
 
     def __init__(self, path: str | Path, precision: str = "fp16", device: str | int = 0,
                  cache_dir: str | Path | None = None, profile: DecoderProfile = DecoderProfile()) -> None:
@@ -159,11 +166,9 @@ class TrtDecoder:
             mask = np.zeros((n, 1, *self.mask_hw), np.float32)
         has = np.full((n,), 0.0 if mask_input is None else 1.0, np.float32)
         per_prompt = emb.shape[0] != 1
-        step = 1 if per_prompt else self.max_prompts
         masks, scores = [], []
         emb_t = torch.from_numpy(emb)
-        for i in range(0, n, step):
-            sl = slice(i, i + step)
+        for sl in execute_chunks(n, 1 if per_prompt else self.max_prompts):
             out = self.engine.run({"image_embeddings": emb_t[sl] if per_prompt else emb_t,
                                    "point_coords": torch.from_numpy(coords[sl]),
                                    "point_labels": torch.from_numpy(labels[sl]),
@@ -172,3 +177,30 @@ class TrtDecoder:
             masks.append(out["masks"].float().cpu())
             scores.append(out["scores"].float().cpu())
         return torch.cat(masks).numpy(), torch.cat(scores).numpy()
+
+
+class TrtRpnEncoder:
+    """``rpn.onnx`` as a TensorRT engine: (1,3,S,S) float32 -> (image_embeddings (1,256,S/16,S/16),
+    rpn_boxes (1,L,4) XYXY S frame, rpn_scores (1,L)), float32 numpy, like ``OrtRpnEncoder``."""
+
+    OUTPUTS = ("image_embeddings", "rpn_boxes", "rpn_scores")
+
+    def __init__(self, path: str | Path, precision: str = "fp16", device: str | int = 0,
+                 cache_dir: str | Path | None = None) -> None:
+        import_tensorrt()
+        self.engine = TrtEngine(_engine_for(path, precision, cache_dir, device), device)
+        missing = [o for o in self.OUTPUTS if o not in self.engine.outputs]
+        if missing:
+            raise ValueError(f"{path} is not an EdgeSAM rpn graph: outputs {self.engine.outputs} lack {missing}")
+        self.input_name = self.engine.inputs[0]
+        self.img_size = int(self.engine.shape(self.input_name)[-1])
+        self.name = f"tensorrt-{precision}" if Path(path).suffix == ".onnx" else "tensorrt"
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        import torch
+
+        x = np.ascontiguousarray(images, dtype=np.float32)
+        if x.shape != (1, 3, self.img_size, self.img_size):
+            raise ValueError(f"images must have shape (1,3,{self.img_size},{self.img_size}), got {x.shape}")
+        out = self.engine.run({self.input_name: torch.from_numpy(x)})
+        return tuple(out[o].float().cpu().numpy() for o in self.OUTPUTS)  # type: ignore[return-value]

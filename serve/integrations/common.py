@@ -19,8 +19,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgesam.data.rle import decode_rle
 
+from ..budget import check_segment
 from ..codec import RequestError
-from ..messages import DecodeRequest
 from ..payloads import validate_prompts
 from ..schemas import SegmentRequest
 
@@ -97,9 +97,11 @@ async def decode_masks(ingress: Any, key: str, entry: Any, points: list[list[flo
     except ValueError as e:  # pydantic ValidationError: non-finite numbers, wrong lengths
         raise RequestError(f"invalid prompt: {str(e).splitlines()[0][:200]}", 422) from None
     prompts = validate_prompts(req, h, w, ingress.limits)
-    result = await ingress.decoder.decode.remote(DecodeRequest(
-        embedding_id=key, embedding=entry.embedding, original_hw=entry.original_hw, input_hw=entry.input_hw,
-        num_outputs=num_outputs, select="stability" if num_outputs > 1 else "all", **prompts))
+    select = "stability" if num_outputs > 1 else "all"
+    check_segment(h, w, 1 if prompts["boxes"] is None else len(prompts["boxes"]), num_outputs, select,
+                  ingress.limits)  # full-size masks: the same memory budget as /v1/segment
+    result = await ingress.decoder.decode.remote(ingress.decode_request(
+        key, entry, num_outputs=num_outputs, select=select, **prompts))  # the embedding travels by ObjectRef
     if "error" in result:
         raise RequestError(result["error"], 422)
     masks = await asyncio.to_thread(lambda: [decode_rle(m["segmentation"]) for m in result["masks"]])

@@ -35,4 +35,4 @@ def embedding_blob(embedding_array: np.ndarray) -> str:
 async def sam(req: EncodeRequest, ingress: Any = Depends(current_ingress)) -> dict[str, str]:
     data = decode_b64_image(req.image, ingress.limits.max_image_bytes, field="image")
     _, entry = await embedding(ingress, data)
-    return {"blob": embedding_blob(entry.embedding)}
+    return {"blob": embedding_blob(await entry.ref)}  # read from the object store (EmbeddingStore owns it)
