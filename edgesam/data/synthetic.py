@@ -16,163 +16,25 @@ does not depend on how images are grouped into shards, and the tar bytes are ide
 from __future__ import annotations
 
 import argparse
-import functools
 import io
 import json
 import os
 import shutil
-import tarfile
 import tempfile
 from pathlib import Path
-from typing import Callable
 
 import cv2
 import numpy as np
 from PIL import Image
 
 from .rle import encode_masks, mask_to_bbox, to_uncompressed_rle
+from .sa1b_tar import _json_bytes, write_shards
+from .scene_paint import (JPEG_QUALITY, MIN_VISIBLE_AREA, PHOTO_FILES, _fit, _paint, _pick_colour, _shape_mask,
+                          _synthetic_background, available_photos, photo_background)
 
 __all__ = ["MIN_VISIBLE_AREA", "PHOTO_FILES", "available_photos", "photo_background", "make_scene",
            "scene_for_index", "sa1b_record", "write_sa1b_shards", "write_shards", "write_sa1b_folder", "write_coco_set",
            "ensure_sample_dataset", "main"]
-
-MIN_VISIBLE_AREA = 64
-JPEG_QUALITY = 95
-# photos shipped inside the scikit-image wheel (no download needed)
-PHOTO_FILES = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png",
-               "hubble_deep_field.jpg", "ihc.png", "retina.jpg")
-SHAPES = ("ellipse", "rectangle", "polygon", "ring")
-
-
-# ---------------------------------------------------------------------------------------------------
-# backgrounds
-@functools.lru_cache(maxsize=None)
-def _photo_dir() -> Path | None:
-    try:
-        import skimage.data
-    except ImportError:
-        return None
-    return Path(skimage.data.__file__).resolve().parent
-
-
-def available_photos() -> tuple[str, ...]:
-    """The bundled scikit-image photos found in the installed package (file names)."""
-    root = _photo_dir()
-    if root is None:
-        return ()
-    return tuple(name for name in PHOTO_FILES if (root / name).is_file())
-
-
-@functools.lru_cache(maxsize=len(PHOTO_FILES))
-def _load_photo(name: str) -> np.ndarray | None:
-    root = _photo_dir()
-    try:
-        with Image.open(root / name) as im:  # type: ignore[operator]
-            arr = np.asarray(im.convert("RGB"))
-    except Exception:  # noqa: BLE001 - a damaged or missing file only removes one background choice
-        return None
-    arr.setflags(write=False)
-    return arr
-
-
-def _fit(img: np.ndarray, rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """A random crop of ``img`` of size (height, width), after upscaling when it is too small."""
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=2)
-    img = img[..., :3]
-    h0, w0 = img.shape[:2]
-    # random zoom so crops of the same photo differ in scale too
-    scale = max(height / h0, width / w0) * float(rng.uniform(1.0, 1.6))
-    nh, nw = max(height, int(np.ceil(h0 * scale))), max(width, int(np.ceil(w0 * scale)))
-    if (nh, nw) != (h0, w0):
-        img = cv2.resize(np.ascontiguousarray(img), (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-    y = int(rng.integers(0, nh - height + 1))
-    x = int(rng.integers(0, nw - width + 1))
-    return np.ascontiguousarray(img[y:y + height, x:x + width]).astype(np.uint8)
-
-
-def photo_background(rng: np.random.Generator, height: int, width: int) -> np.ndarray | None:
-    """A (height, width, 3) uint8 crop of a random bundled photo, or None when none is available."""
-    names = available_photos()
-    if not names:
-        return None
-    photo = _load_photo(names[int(rng.integers(len(names)))])
-    return None if photo is None else _fit(photo, rng, height, width)
-
-
-def _synthetic_background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    if rng.random() < 0.5:  # linear gradient between two colours in a random direction
-        a, b = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
-        theta = rng.uniform(0, 2 * np.pi)
-        yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-        t = xx * np.cos(theta) + yy * np.sin(theta)
-        t = (t - t.min()) / max(float(t.max() - t.min()), 1.0)
-        img = a[None, None] * (1 - t[..., None]) + b[None, None] * t[..., None]
-    else:  # smooth colour noise: a coarse random grid upsampled
-        gh, gw = int(rng.integers(2, 6)), int(rng.integers(2, 6))
-        coarse = rng.uniform(0, 255, (gh, gw, 3)).astype(np.float32)
-        img = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
-    img = img + rng.normal(0, 4, (height, width, 3))
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-
-# ---------------------------------------------------------------------------------------------------
-# shapes
-def _shape_mask(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    m = np.zeros((height, width), np.uint8)
-    short = min(height, width)
-    r = float(rng.uniform(0.07, 0.3)) * short + 4
-    cx = float(rng.uniform(-0.1, 1.1)) * width
-    cy = float(rng.uniform(-0.1, 1.1)) * height
-    angle = float(rng.uniform(0, 180))
-    kind = SHAPES[int(rng.integers(len(SHAPES)))]
-    centre = (int(round(cx)), int(round(cy)))
-    if kind == "ellipse":
-        axes = (int(round(r)), int(round(r * rng.uniform(0.35, 1.0))))
-        cv2.ellipse(m, centre, axes, angle, 0, 360, 1, -1)
-    elif kind == "rectangle":
-        box = cv2.boxPoints(((cx, cy), (2 * r, 2 * r * float(rng.uniform(0.3, 1.0))), angle))
-        cv2.fillPoly(m, [np.round(box).astype(np.int32)], 1)
-    elif kind == "polygon":  # a triangle or a star-ish polygon, rotated
-        n = int(rng.integers(3, 8))
-        ang = np.deg2rad(angle) + np.sort(rng.uniform(0, 2 * np.pi, n)) if n > 3 else \
-            np.deg2rad(angle) + np.array([0.0, 2.1, 4.2]) + rng.uniform(-0.3, 0.3, 3)
-        rad = r * rng.uniform(0.55, 1.0, n)
-        pts = np.stack([cx + rad * np.cos(ang), cy + rad * np.sin(ang)], 1)
-        cv2.fillPoly(m, [np.round(pts).astype(np.int32)], 1)
-    else:  # ring: an elliptical annulus
-        ry = r * float(rng.uniform(0.6, 1.0))
-        cv2.ellipse(m, centre, (int(round(r)), int(round(ry))), angle, 0, 360, 1, -1)
-        k = float(rng.uniform(0.35, 0.65))
-        cv2.ellipse(m, centre, (max(1, int(round(r * k))), max(1, int(round(ry * k)))), angle, 0, 360, 0, -1)
-    return m.astype(bool)
-
-
-def _pick_colour(rng: np.random.Generator, avoid: list[np.ndarray]) -> np.ndarray:
-    cands = rng.uniform(0, 255, (24, 3))
-    if not avoid:
-        return cands[0]
-    dist = np.linalg.norm(cands[:, None, :] - np.stack(avoid)[None], axis=2).min(axis=1)
-    return cands[int(np.argmax(dist))]
-
-
-def _paint(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray, colour: np.ndarray) -> None:
-    ys, xs = np.nonzero(mask)
-    if xs.size == 0:
-        return
-    vals = np.repeat(colour[None].astype(np.float32), xs.size, axis=0)
-    style = int(rng.integers(3))
-    if style == 1:  # stripes
-        period = float(rng.uniform(5, 16))
-        theta = float(rng.uniform(0, np.pi))
-        phase = (xs * np.cos(theta) + ys * np.sin(theta)) * (2 * np.pi / period)
-        vals += (10.0 * np.sin(phase))[:, None]
-    elif style == 2:  # shading across the object
-        t = (xs - xs.min()) / max(1, xs.max() - xs.min()) - 0.5
-        vals += (24.0 * t)[:, None]
-    vals += rng.normal(0, 5, vals.shape)
-    img[ys, xs] = np.clip(vals, 0, 255)
-
 
 def make_scene(rng: np.random.Generator, height: int, width: int, max_objects: int = 8,
                background: np.ndarray | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -260,20 +122,6 @@ def sa1b_record(seed: int, index: int, size_range: tuple[int, int] = (192, 320),
     return buf.getvalue(), doc, masks
 
 
-def _json_bytes(doc: dict) -> bytes:
-    return json.dumps(doc, separators=(",", ":")).encode("utf-8")
-
-
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = 0  # fixed metadata: identical bytes for a given seed
-    info.mode = 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    tar.addfile(info, io.BytesIO(data))
-
-
 def write_sa1b_shards(out_dir: str | Path, num_images: int, images_per_shard: int = 16, seed: int = 0,
                       size_range: tuple[int, int] = (192, 320), photo_backgrounds: bool = True) -> list[Path]:
     """Write ``sa_000000.tar``, ``sa_000001.tar``, ... into ``out_dir``; each holds ``sa_<k>.jpg`` (JPEG q95) +
@@ -281,28 +129,6 @@ def write_sa1b_shards(out_dir: str | Path, num_images: int, images_per_shard: in
     Returns the shard paths in order."""
     return write_shards(out_dir, num_images, images_per_shard,
                         lambda k: sa1b_record(seed, k, size_range, photo_backgrounds)[:2])
-
-
-def write_shards(out_dir: str | Path, num_images: int, images_per_shard: int,
-                 record: Callable[[int], tuple[bytes, dict]]) -> list[Path]:
-    """``sa_000000.tar``, ... in ``out_dir`` with ``sa_<k>.jpg`` + ``sa_<k>.json`` from ``record(k)`` =
-    (JPEG bytes, SA-1B doc), pairs adjacent as in SA-1B; each tar is written to ``.part`` and renamed."""
-    if num_images < 0 or images_per_shard < 1:
-        raise ValueError("num_images must be >= 0 and images_per_shard >= 1")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    shards = []
-    for s, start in enumerate(range(0, num_images, images_per_shard)):
-        path = out / f"sa_{s:06d}.tar"
-        tmp = path.with_name(path.name + ".part")
-        with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
-            for k in range(start, min(num_images, start + images_per_shard)):
-                jpg, doc = record(k)
-                _add_member(tar, f"sa_{k}.jpg", jpg)
-                _add_member(tar, f"sa_{k}.json", _json_bytes(doc))
-        os.replace(tmp, path)
-        shards.append(path)
-    return shards
 
 
 def write_sa1b_folder(out_dir: str | Path, num_images: int, seed: int = 0, size_range: tuple[int, int] = (192, 320),

@@ -23,8 +23,8 @@ import numpy as np
 from PIL import Image
 
 from .rle import encode_masks
-from .synthetic import (JPEG_QUALITY, MIN_VISIBLE_AREA, _paint, _pick_colour, _synthetic_background,
-                        photo_background, write_shards)
+from .sa1b_tar import write_shards
+from .scene_paint import JPEG_QUALITY, MIN_VISIBLE_AREA, _paint, _pick_colour, _synthetic_background, photo_background
 
 __all__ = ["DENSE_SIZE", "make_dense_scene", "dense_sa1b_record", "write_dense_shards"]
 

@@ -202,7 +202,7 @@ class FastPromptDecoder(nn.Module):
 
 def export_fast_decoder(model: nn.Module, out_dir: str | Path, opset: int = 17) -> dict[str, Path]:
     """Write ``decoder_image.onnx`` and ``decoder_prompt.onnx`` for an :class:`EdgeSAM` into ``out_dir``."""
-    from .onnx_export import _export
+    from .onnx_common import _export
 
     out = Path(out_dir)
     pd = model.prompt_decoder if isinstance(getattr(model, "prompt_decoder", None), nn.Module) \

@@ -37,8 +37,9 @@ from torch import nn
 from ..models.edgesam import EdgeSAM
 from ..models.prompt_decoder import PAD, PromptDecoder
 from ..models.teacher import sha256_file
-from .onnx_export import (DECODER_FILE, DEFAULT_OPSET, ENCODER_FILE, FP32_SCOPES_KEY, META_FILE, _export, _finalise,
-                          _fp32_scopes, export_decoder, export_encoder)
+from .onnx_common import (DECODER_FILE, DEFAULT_OPSET, ENCODER_FILE, FP32_SCOPES_KEY, META_FILE, _export, _finalise,
+                          _fp32_scopes)
+from .onnx_native import export_decoder, export_encoder
 from .uint8_encoder import export_uint8_encoder
 
 FLAVORS = ("native", "edgesam", "sam")

@@ -19,7 +19,7 @@ from ..data.transforms import PIXEL_MEAN, PIXEL_STD
 from ..models.edgesam import EdgeSAM
 from ..models.layers import fuse_for_deploy
 from ..models.bicubic import bicubic_as_conv
-from .onnx_export import DEFAULT_OPSET, FP32_SCOPES_KEY, _export, _finalise, _fp32_scopes
+from .onnx_common import DEFAULT_OPSET, FP32_SCOPES_KEY, _export, _finalise, _fp32_scopes
 
 UINT8_ENCODER_INPUTS = ("image",)
 UINT8_ENCODER_OUTPUTS = ("image_embeddings",)
