@@ -190,6 +190,7 @@ def finalize(out_dir: Path, manifest: dict, summary: list[dict], elapsed: float)
 def run_cache(cfg: CacheConfig) -> dict:
     """Run (or resume) the caching job; returns the final manifest."""
     from pipelines.ray_init import init_ray
+    from pipelines.run_output import collect_rows
 
     import edgesam
 
@@ -214,7 +215,7 @@ def run_cache(cfg: CacheConfig) -> dict:
     print(f"[cache] {len(sources)} source(s) of format {fmt}; {len(done)} image(s) already cached, resuming after them"
           if done else f"[cache] {len(sources)} source(s) of format {fmt}", flush=True)
     init_ray(cfg.ray_address)
-    summary = build_dataset(cfg, units, frozenset(done)).take_all()
+    summary = collect_rows(build_dataset(cfg, units, frozenset(done)), desc="cache teacher", unit="img")
     manifest = finalize(out_dir, manifest, summary, time.time() - t0)
     for s in manifest["skipped"]:
         print(f"[cache] skipped {s['source']}: {s['reason']}")
@@ -225,16 +226,24 @@ def run_cache(cfg: CacheConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipelines.run_output import RunOutput, add_verbose_arg, is_verbose
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)
+    add_verbose_arg(parser)
     args = parser.parse_args(argv)
     cfg = load_config(CacheConfig, args.config, args.overrides)
-    print(dump_config(cfg))
+    out = RunOutput(Path(cfg.output.dir) if "://" not in cfg.output.dir else Path("runs/cache"),
+                    is_verbose(args.verbose), tag="cache")
+    out.activate()  # init_ray takes its Ray logging settings from here
+    print(f"[cache] config {out.write_config(dump_config(cfg))} (-v prints it and Ray's logs)", flush=True)
     try:
-        manifest = run_cache(cfg)
+        with out.stage("cache"):
+            manifest = run_cache(cfg)
     except C.CacheMismatchError as exc:
         print(f"[cache] ERROR: {exc}", file=sys.stderr)
         return 2
+    out.summary({"cache": str(Path(cfg.output.dir).resolve())})
     return 0 if manifest["status"] == "complete" else 1
 
 

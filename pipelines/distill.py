@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -81,12 +80,13 @@ def run_step(cfg: DistillConfig, step: StepConfig, split: dict, init_checkpoint:
     ``ray.train.get_checkpoint``); a run made with another identity is refused (StepMismatchError)
     unless ``train.restart`` names this step or an earlier one.
     """
-    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from pipelines.distill_data import step_columns, train_dataset
     from pipelines.distill_loop import train_loop_per_worker
     from pipelines.ray_init import init_ray
+    from pipelines.train_progress import TrainBar, progress_board
 
     run_name = f"{cfg.train.name}-{step.kind}"
     storage = str(Path(cfg.train.storage_path).resolve()) if "://" not in cfg.train.storage_path else cfg.train.storage_path
@@ -102,14 +102,7 @@ def run_step(cfg: DistillConfig, step: StepConfig, split: dict, init_checkpoint:
 
     sc = cfg.train.scaling
     # Fractional CPUs for the feeding tasks: with the train workers placed, a node may have < 1 CPU free.
-    cpus = cfg.train.data_task_cpus
-    columns = ["image_id", "image_jpeg", "embedding", "input_height", "input_width", "gt_boxes", "gt_points"]
-    if step.kind == "prompt_kd" and step.mask_target != "teacher":
-        columns += ["gt_rles", "orig_height", "orig_width"]
-    ds = ray.data.read_parquet(split["train_files"], ray_remote_args={"num_cpus": cpus}).select_columns(columns)
-    holdout = set(split["holdout_ids"])
-    if holdout:
-        ds = ds.filter(lambda r: r["image_id"] not in holdout, num_cpus=cpus)
+    ds = train_dataset(split, step_columns(step.kind, step.mask_target), cfg.train.data_task_cpus)
     loop_cfg = {
         "step": step.model_dump(mode="json"), "img_size": cfg.cache.preprocessing.img_size,
         "teacher": cfg.cache.teacher.model_dump(mode="json"), "init_checkpoint": init_checkpoint,
@@ -117,7 +110,7 @@ def run_step(cfg: DistillConfig, step: StepConfig, split: dict, init_checkpoint:
         "holdout_ids": split["holdout_ids"], "eval": cfg.eval.model_dump(mode="json"), "seed": cfg.train.seed,
         "checkpoint_every": cfg.train.checkpoint_every_steps, "sync_bn": cfg.train.sync_bn,
         "init_has_rpn": step.kind != "rpn" and _has_rpn(init_checkpoint), "seen_ids_dir": cfg.train.seen_ids_dir, "rpn": cfg.rpn.model_dump(mode="json"),
-        "torch_threads": cfg.train.torch_threads, "identity_sha256": digest(identity),
+        "torch_threads": cfg.train.torch_threads, "identity_sha256": digest(identity), "progress": progress_board(),
         "backbone_checkpoint": cfg.student.backbone_checkpoint, "decoder_init": cfg.student.decoder_init,
     }
     trainer = TorchTrainer(
@@ -130,9 +123,9 @@ def run_step(cfg: DistillConfig, step: StepConfig, split: dict, init_checkpoint:
                              failure_config=FailureConfig(max_failures=cfg.train.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.num_checkpoints_to_keep)),
         datasets={"train": ds})
-    print(f"[distill] {step.kind}: {split['steps_per_epoch'][step.kind]} steps/epoch x {step.epochs} epochs on "
-          f"{sc.num_workers} worker(s)", flush=True)
-    result = trainer.fit()
+    spe = split["steps_per_epoch"][step.kind]
+    with TrainBar(progress_board(), f"{step.kind} ({spe}/epoch x {step.epochs}, {sc.num_workers} worker)", spe * step.epochs):
+        result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"{step.kind}: training produced no checkpoint ({result.error})")
     ckpt = result.checkpoint.path
@@ -143,28 +136,32 @@ def run_step(cfg: DistillConfig, step: StepConfig, split: dict, init_checkpoint:
 def main(argv: list[str] | None = None) -> int:
     from edgesam.data.cache import CacheMismatchError
     from edgesam.models.backbone_init import BackboneCheckpointError
+    from pipelines.run_output import RunOutput, add_verbose_arg, is_verbose, local_run_dir
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser, default="quickstart")
+    add_verbose_arg(parser)
     parser.add_argument("--restart", choices=["step1", "step2", "step3", "all"], default=None,
                         help="train this step again (and every later one) although a run of it exists; "
                              "same as train.restart=STEP")
     args = parser.parse_args(argv)
     overrides = list(args.overrides) + ([f"train.restart={args.restart}"] if args.restart else [])
     cfg = load_config(DistillConfig, args.config, overrides)
-    print(dump_config(cfg), flush=True)
+    out = RunOutput(local_run_dir(cfg.train.storage_path, cfg.train.name, cfg.output_dir), is_verbose(args.verbose),
+                    tag="distill")
+    out.activate()  # init_ray (cache pipeline, steps) takes its Ray logging settings from here
+    print(f"[distill] config {out.write_config(dump_config(cfg))} (-v prints it and Ray's logs)", flush=True)
     try:
-        return _run(cfg)
+        return _run(cfg, out)
     except (CacheMismatchError, StepMismatchError, BackboneCheckpointError) as exc:
         print(f"[distill] ERROR: {exc}", file=sys.stderr, flush=True)
         return 2
 
 
-def _run(cfg: DistillConfig) -> int:
+def _run(cfg: DistillConfig, out) -> int:
     from pipelines.distill_split import make_split
     from pipelines.finish import finish_run
 
-    t0 = time.time()
     random_teacher = cfg.cache.teacher.checkpoint is None
     banner = RANDOM_BANNER if not cfg.step2.enabled or cfg.step2.mask_target == "teacher" else GT_BANNER
     if random_teacher:
@@ -172,17 +169,19 @@ def _run(cfg: DistillConfig) -> int:
     if cfg.student.backbone_checkpoint and not cfg.student.init_checkpoint:
         _check_backbone(cfg.student.backbone_checkpoint)
 
-    manifest = ensure_cache(cfg)  # the cache pipeline starts Ray itself when it has work to do
-    split = make_split(cfg)
+    with out.stage("cache"):  # the cache pipeline starts Ray itself when it has work to do
+        manifest = ensure_cache(cfg)
+        split = make_split(cfg)
     ckpt = cfg.student.init_checkpoint
     for step in cfg.steps():
-        ckpt = run_step(cfg, step, split, ckpt, manifest["identity"])
-    report = finish_run(cfg, ckpt, split, random_teacher=random_teacher)
-    print(f"[distill] finished in {time.time() - t0:.0f} s")
-    for k, v in report["outputs"].items():
-        print(f"  {k:<14} {v}")
+        with out.stage(step.kind):
+            ckpt = run_step(cfg, step, split, ckpt, manifest["identity"])
+    with out.stage("finish"):
+        report = finish_run(cfg, ckpt, split, random_teacher=random_teacher)
+    out.timings.update(report.get("timings", {}))
+    out.summary(report["outputs"])
     if random_teacher:
-        print(banner, flush=True)
+        print("[distill] reminder: the teacher had RANDOM weights (see the banner above)", flush=True)
     return 0
 
 

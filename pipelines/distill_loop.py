@@ -150,6 +150,7 @@ def train_loop_per_worker(config: dict) -> None:
     from edgesam.distill.steps import freeze_for_prompt_kd
     from pipelines.distill_config import StepConfig
     from pipelines.evaluate import evaluate_holdout
+    from pipelines.train_progress import push
 
     step = StepConfig(**config["step"])
     ctx = ray.train.get_context()
@@ -222,6 +223,8 @@ def train_loop_per_worker(config: dict) -> None:
         global_step, history = state["global_step"], state["history"]
         resumes = state.get("resumes", []) + [global_step]
         print(f"[distill] rank {rank}: resumed {step.kind} at step {global_step}/{total}", flush=True)
+        if rank == 0:
+            push(config.get("progress"), msg=f"resumed {step.kind} at step {global_step}/{total}")
     ddp = ray.train.torch.prepare_model(loss_module, parallel_strategy_kwargs={"find_unused_parameters": step.kind != "encoder_kd"})
     teacher_pd.to(device)
     shard = ray.train.get_dataset_shard("train")
@@ -264,10 +267,13 @@ def train_loop_per_worker(config: dict) -> None:
             rec = {"step": global_step, "epoch": epoch, "loss": float(loss.detach()), "lr": scheduler.get_last_lr()[0],
                    **{k: float(v) for k, v in parts.items()}}
             history.append(rec)
+            if rank == 0:  # the driver's progress bar (pipelines/train_progress.py)
+                push(config.get("progress"), step=global_step, loss=rec["loss"], images=step.batch_size * world)
             last_in_epoch = global_step == (epoch + 1) * spe
             if last_in_epoch:
                 metrics = {}
                 if rank == 0 and config["holdout_ids"] and step.kind != "rpn":
+                    push(config.get("progress"), step=global_step, phase="eval")
                     metrics = evaluate_holdout(model, teacher_pd, config, device)
                     history[-1].update({f"eval/{k}": v for k, v in metrics.items()})
                 report({**rec, "global_step": global_step, **{f"eval/{k}": v for k, v in metrics.items()}}, True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -95,7 +96,9 @@ def finish_run(cfg, ckpt_dir: str, split: dict, random_teacher: bool) -> dict:
             # pipelines/evaluate.py scores exactly these rows of the cache (the student never trained on them)
             "holdout": {"fraction": cfg.eval.holdout_fraction, "seed": cfg.eval.seed, "ids": split["holdout_ids"]}}
     student_path = save_student(model, out / "student.pt", meta=meta)
+    t_eval = time.time()
     report = run_final_eval(cfg, ckpt_dir, split, out)
+    timings = {"final_eval": round(time.time() - t_eval, 1)}
     report["random_teacher"] = random_teacher
     curves = plot_curves(_histories(cfg), out / "training_curves.png")
     outputs = {"student": str(student_path.resolve()), "eval_report": str((out / "eval_report.json").resolve()),
@@ -107,8 +110,11 @@ def finish_run(cfg, ckpt_dir: str, split: dict, random_teacher: bool) -> dict:
         from edgesam.models.teacher import sha256_file
 
         # A student distilled from a random teacher is flagged as random weights for serving.
+        t_export = time.time()
         files = export_all(model, out / "onnx", checkpoint_sha256="random" if random_teacher else sha256_file(student_path))
+        timings["onnx_export"] = round(time.time() - t_export, 1)
         outputs.update({f"onnx_{k}": str(Path(v).resolve()) for k, v in files.items()})
     report["outputs"] = outputs
+    report["timings"] = timings
     (out / "eval_report.json").write_text(json.dumps(report, indent=2, default=str))
     return report

@@ -33,4 +33,7 @@ def init_ray(address: str | None = None, **kwargs) -> None:
         address = "auto" if live else "local"
         if not live and current.is_file():
             print(f"[ray] {current} names a cluster that is not running; starting a local one", flush=True)
-    ray.init(address=address, ignore_reinit_error=True, **kwargs)
+    from pipelines.run_output import active_ray_init_kwargs, after_ray_init
+
+    ray.init(address=address, ignore_reinit_error=True, **{**active_ray_init_kwargs(), **kwargs})
+    after_ray_init()

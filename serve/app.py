@@ -39,6 +39,7 @@ from .integrations import routers as integration_routers
 from .messages import DecodeRequest
 from .payloads import (image_body_openapi, read_image_payloads, summarise_errors, validate_mask_input,
                        validate_prompts)
+from .preflight import check_resources
 from .samples import sample_image, sample_names, sample_png
 from .schemas import (EmbeddingResponse, ErrorResponse, EverythingRequest, EverythingResponse, HealthResponse,
                       ImageRequest, SampleInfo, SegmentRequest, SegmentResponse)
@@ -309,6 +310,7 @@ def build_app(cfg: ServeAppConfig) -> Application:
     from .store import EmbeddingStore
 
     everything_config(cfg, has_rpn=False)  # fail here, not in a replica, on a bad everything.generator
+    check_resources(cfg)  # fail here, not by replicas pending forever, when the cluster is too small
     d = cfg.model_dump(mode="json")
     encoder = ImageEncoder.options(**cfg.encoder.options()).bind(d)
     decoder = MaskDecoder.options(**cfg.decoder.options()).bind(d)

@@ -58,7 +58,7 @@ class DeploymentSection(StrictModel):
 
     num_replicas: int = Field(1, ge=1)
     autoscaling: dict[str, Any] | None = None
-    num_cpus: float = Field(1.0, ge=0)
+    num_cpus: float = Field(0.25, ge=0)  # fractional: all four deployments fit a 1-CPU node (serve/preflight.py)
     num_gpus: float = Field(0.0, ge=0)
     max_ongoing_requests: int | None = Field(None, ge=1)
 
@@ -160,7 +160,7 @@ class ServeAppConfig(StrictModel):
     encoder: BatchedDeploymentSection = BatchedDeploymentSection()
     decoder: BatchedDeploymentSection = BatchedDeploymentSection(max_batch_size=16)
     everything: EverythingSection = EverythingSection()
-    ingress: DeploymentSection = DeploymentSection(num_cpus=0.5, max_ongoing_requests=64)
+    ingress: DeploymentSection = DeploymentSection(num_cpus=0.1, max_ongoing_requests=64)
     cache: CacheSection = CacheSection()
     limits: LimitsSection = LimitsSection()
     auth: AuthSection = AuthSection()

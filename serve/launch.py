@@ -39,6 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     from serve.app import build_app
 
     init_ray(args.address)
+    from serve.preflight import InsufficientResourcesError, check_resources
+
+    try:
+        check_resources(cfg)
+    except InsufficientResourcesError as exc:
+        print(f"[serve] ERROR: {exc}", file=sys.stderr)
+        return 2
     serve.start(http_options={"host": args.host, "port": args.port})
     print(f"[serve] starting on http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
     try:
