@@ -36,12 +36,16 @@ def train_dataset(split: dict, columns: list[str], cpus: float):
     size = _total_bytes(files)
     small = size is not None and size <= MATERIALIZE_MAX_BYTES
     wanted = BASE_COLUMNS + GT_COLUMNS if small else columns
-    key = (tuple(files), tuple(holdout))
+    # Same files with the same contents, in the same Ray job (object refs die with the job).
+    rt = ray.get_runtime_context()
+    key = (rt.gcs_address, rt.get_job_id(), tuple(holdout),
+           tuple((f, os.stat(f).st_mtime_ns, os.stat(f).st_size) for f in files) if small else ())
     if small and key in _SHARED:
         return _SHARED[key]
-    ds = ray.data.read_parquet(files, columns=wanted, num_cpus=cpus)
+    ds = ray.data.read_parquet(files, num_cpus=cpus).select_columns(wanted)
     if holdout:
         ds = ds.filter(expr=col("image_id").not_in(holdout), num_cpus=cpus)
     if small:
+        _SHARED.clear()  # one run's split at a time
         ds = _SHARED[key] = ds.materialize()
     return ds

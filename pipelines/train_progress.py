@@ -65,6 +65,8 @@ class TrainBar:
         from pipelines.run_output import progress_bar
 
         self.bar = progress_bar(desc=self.desc, total=self.total, initial=self.start, unit="step")
+        if self.board is None:
+            return self
         self._thread = threading.Thread(target=self._poll, name="edgesam-train-bar", daemon=True)
         self._thread.start()
         return self
@@ -99,8 +101,10 @@ class TrainBar:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=35)
+        if self._thread is None:
+            self.bar.close()
+            return
+        self._thread.join(timeout=35)
         try:
             import ray
 
