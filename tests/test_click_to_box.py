@@ -114,11 +114,13 @@ def test_click_box_predictor_uses_the_chosen_box(model):
     x, y, box = found
     assert box[0] <= x <= box[2] and box[1] <= y <= box[3] and (box >= 0).all() and box[2] <= 200 and box[3] <= 150
     masks, sc, low, used = pred.predict_click(np.array([x, y]))
-    ref_masks, _, ref_low = pred.predictor.predict(np.array([[x, y]]), np.array([1]), box)
+    ref_masks, _, ref_low = pred.predictor.predict(np.array([[x, y]]), np.array([1]), box, multimask_output=False,
+                                                   use_stability_score=True)
     assert np.array_equal(used, box) and np.array_equal(masks, ref_masks) and np.allclose(low, ref_low)
     pred.proposals = (torch.zeros(0, 4), torch.zeros(0))
     masks, _, low, used = pred.predict_click(np.array([x, y]))
-    ref_masks, _, ref_low = pred.predictor.predict(np.array([[x, y]]), np.array([1]))
+    ref_masks, _, ref_low = pred.predictor.predict(np.array([[x, y]]), np.array([1]), multimask_output=False,
+                                                   use_stability_score=True)
     assert used is None and np.array_equal(masks, ref_masks)
 
 

@@ -164,11 +164,12 @@ class ClickBoxPredictor:
         out = p.transform.invert_coords(box[0].numpy().reshape(2, 2), p.original_hw).reshape(4)
         return np.clip(out, 0, [w, h, w, h]).astype(np.float32)
 
-    def predict_click(self, point: np.ndarray, num_outputs: int = 1, return_logits: bool = False,
-                      score: str = "stability") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    def predict_click(self, point: np.ndarray, num_multimask_outputs: int = 1, return_logits: bool = False,
+                      use_stability_score: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         """One positive click (2,) x-y original frame -> (masks (C,H,W), scores (C,), low-res logits
         (C,S/4,S/4), the box used (4,) XYXY original frame or None when no proposal contains the click)."""
         box = self.box_for_click(point)
         masks, scores, low = self.predictor.predict(np.asarray(point, np.float32).reshape(1, 2), np.array([1]), box,
-                                                    num_outputs=num_outputs, return_logits=return_logits, score=score)
+                                                    num_multimask_outputs=num_multimask_outputs, return_logits=return_logits,
+                                                    use_stability_score=use_stability_score)
         return masks, scores, low, box
