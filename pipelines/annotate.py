@@ -171,12 +171,7 @@ def model_identity(cfg: AnnotateConfig) -> dict:
     if m.checkpoint and m.onnx_dir:
         raise ValueError("give model.checkpoint or model.onnx_dir, not both")
 
-    def sha(p: Path) -> str:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            while block := f.read(1 << 20):
-                h.update(block)
-        return h.hexdigest()
+    from edgesam.digest import sha256_file as sha
 
     if m.checkpoint:
         p = Path(m.checkpoint)

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from edgesam.digest import sha256_file
 from edgesam.inference.backends import DecoderBackend, EncoderBackend
 from edgesam.inference.runtime import make_backends
 from edgesam.models import EdgeSAM, fuse_for_deploy, load_student
@@ -60,11 +61,7 @@ class ShapeOnlyEncoder:
 
 
 def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()[:16]
+    return sha256_file(path)[:16]
 
 
 def _ort_has_cuda() -> bool:

@@ -291,12 +291,10 @@ def iter_sa1b_folder(root: str | Path, images: Iterable[str | Path] | None = Non
 # ---------------------------------------------------------------------------------------------------
 # COCO
 def mask_center_point(mask: np.ndarray) -> list[float]:
-    """``[x, y]`` of the pixel farthest from the mask boundary (distance-transform peak; first on ties)."""
-    import cv2
+    """``[x, y]`` of the mask's centre click (:func:`edgesam.data.points.centre_click`) as floats."""
+    from .points import centre_click
 
-    padded = np.pad(np.asarray(mask, dtype=np.uint8), 1)  # the image border counts as background
-    dist = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
-    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    x, y = centre_click(mask)
     return [float(x), float(y)]
 
 

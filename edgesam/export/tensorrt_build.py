@@ -32,6 +32,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from ..digest import sha256_file
 from .onnx_export import FP32_SCOPES_KEY
 from .onnx_export import _fp32_scopes as scan_fp32_scopes
 from .trt_common import (PRECISIONS, TRT_MISSING, DecoderProfile, EncoderProfile, file_lock,  # noqa: F401
@@ -40,12 +41,7 @@ from .trt_common import (PRECISIONS, TRT_MISSING, DecoderProfile, EncoderProfile
 DECODER_DYNAMIC = ("point_coords", "point_labels", "mask_input", "has_mask_input")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
+_sha256 = sha256_file
 
 
 def is_decoder_graph(onnx_path: str | Path) -> bool:

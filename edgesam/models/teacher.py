@@ -6,7 +6,6 @@ decode path (box corners and "ignore" labels in the point stream).
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -16,6 +15,7 @@ from segment_anything import sam_model_registry
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from torch import nn
 
+from ..digest import sha256_file  # noqa: F401  (re-exported)
 from .prompt_decoder import PromptDecoder, build_mask_decoder, build_prompt_encoder
 
 REGISTRY_NAMES = ("vit_h", "vit_l", "vit_b")
@@ -120,14 +120,6 @@ class SamTeacher(nn.Module):
     def decode(self, embeddings: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor,
                mask_input: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         return self.prompt_decoder(embeddings, point_coords, point_labels, mask_input)
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _prompt_decoder_from(sam_prompt_encoder: nn.Module, sam_mask_decoder: nn.Module, img_size: int) -> PromptDecoder:
