@@ -6,7 +6,7 @@ decode path (box corners and "ignore" labels in the point stream).
 """
 from __future__ import annotations
 
-import hashlib
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -16,6 +16,7 @@ from segment_anything import sam_model_registry
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from torch import nn
 
+from .. import storage
 from .prompt_decoder import PromptDecoder, build_mask_decoder, build_prompt_encoder
 
 REGISTRY_NAMES = ("vit_h", "vit_l", "vit_b")
@@ -123,11 +124,8 @@ class SamTeacher(nn.Module):
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+    """Hex sha256 of a local file or an s3:// / gs:// object."""
+    return storage.sha256(path, chunk)
 
 
 def _prompt_decoder_from(sam_prompt_encoder: nn.Module, sam_mask_decoder: nn.Module, img_size: int) -> PromptDecoder:
@@ -150,9 +148,10 @@ def build_teacher(name: str = "tiny", checkpoint: str | Path | None = None, img_
         if img_size != 1024:
             raise ValueError("SAM registry teachers run at 1024 (their positional embeddings are fixed)")
         ckpt = str(checkpoint) if checkpoint else None
-        if ckpt and not Path(ckpt).is_file():
+        if ckpt and not storage.is_file(ckpt):
             raise FileNotFoundError(f"SAM checkpoint not found: {ckpt}")
-        sam = sam_model_registry[name](checkpoint=ckpt)
+        with storage.local_copy(ckpt) if ckpt else nullcontext() as local:  # the registry opens a local file
+            sam = sam_model_registry[name](checkpoint=local)
         digest = sha256_file(ckpt) if ckpt else None
         return SamTeacher(sam.image_encoder, _prompt_decoder_from(sam.prompt_encoder, sam.mask_decoder, 1024),
                           1024, name, digest)
@@ -181,7 +180,7 @@ def build_teacher(name: str = "tiny", checkpoint: str | Path | None = None, img_
     pd = PromptDecoder(build_prompt_encoder(img_size), build_mask_decoder())
     digest = None
     if checkpoint:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        state = storage.torch_load(checkpoint, weights_only=True)
         encoder.load_state_dict({k[len("image_encoder."):]: v for k, v in state.items() if k.startswith("image_encoder.")})
         pd.load_state_dict({k: v for k, v in state.items() if not k.startswith("image_encoder.")})
         digest = sha256_file(checkpoint)
@@ -200,7 +199,7 @@ def build_teacher_prompt_decoder(name: str = "tiny", checkpoint: str | Path | No
         return build_teacher(name, checkpoint, img_size, seed=seed).prompt_decoder.requires_grad_(False).eval()
     pd = PromptDecoder(build_prompt_encoder(img_size), build_mask_decoder())
     if checkpoint:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        state = storage.torch_load(checkpoint, weights_only=True)
         pd.load_state_dict({k: v for k, v in state.items() if k.startswith(("prompt_encoder.", "mask_decoder."))})
     else:
         torch.manual_seed(seed)
