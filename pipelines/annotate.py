@@ -145,8 +145,10 @@ def list_images(root: str | Path, extensions: list[str], limit: int | None = Non
     return items
 
 
-def part_path(out_dir: str | Path, image_id: int) -> str:
-    return storage.join(out_dir, PARTS, f"{image_id}.json")
+def part_path(out_dir: str | Path, image_id: int) -> str | Path:
+    """A Path under a local ``out_dir``, a URI under an s3:// / gs:// one."""
+    p = storage.join(out_dir, PARTS, f"{image_id}.json")
+    return p if storage.is_uri(p) else Path(p)
 
 
 def write_json_atomic(path: str | Path, obj: Any, indent: int | None = None) -> None:
