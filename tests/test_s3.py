@@ -88,6 +88,46 @@ def test_bad_uris_and_missing_buckets_fail_clearly(s3):
     assert not storage.exists(f"s3://no-such-bucket-{os.getpid()}/x.json")
 
 
+@pytest.mark.timeout(300)
+def test_model_paths_on_s3(s3, tmp_path):
+    """Checkpoints read straight from a bucket: the student (load_student, serving), a step checkpoint
+    directory as ``init_checkpoint`` (read_state), and a tiny teacher checkpoint (with its sha256)."""
+    from edgesam.models import EdgeSAM, build_teacher, load_student, save_student
+    from edgesam.models.teacher import sha256_file
+    from pipelines.distill_loop import STATE_FILE, read_state
+    from serve.config import ModelSection
+    from serve.model import load_backends
+
+    bucket = make_bucket("edgesam-models")
+    torch.manual_seed(0)
+    model = EdgeSAM(256).eval()
+    uri = save_student(model, f"{bucket}/m/student.pt", meta={"note": "random"})
+    assert uri == f"{bucket}/m/student.pt" and storage.is_file(uri)
+    loaded, extras = load_student(uri, img_size=256)
+    assert extras["meta"]["note"] == "random"
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+
+    storage.torch_save({"model": model.state_dict(), "rpn": None}, f"{bucket}/runs/x/checkpoint_0/{STATE_FILE}")
+    state = read_state(f"{bucket}/runs/x/checkpoint_0")  # a Ray Train checkpoint directory in the bucket
+    assert state["rpn"] is None and set(state["model"]) == set(model.state_dict())
+
+    backends = load_backends(ModelSection(checkpoint=uri, backend="torch", img_size=256, device="cpu", threads=1))
+    assert "student.pt" in backends.info.identity and backends.info.meta["note"] == "random"
+    img = np.zeros((1, 3, 256, 256), np.float32)
+    assert backends.encoder(img).shape[-2:] == (16, 16)
+
+    teacher = build_teacher("tiny", img_size=256, seed=3)
+    state = {f"image_encoder.{k}": v for k, v in teacher.image_encoder.state_dict().items()}
+    state.update(teacher.prompt_decoder.state_dict())
+    storage.torch_save(state, f"{bucket}/m/tiny_teacher.pt")
+    again = build_teacher("tiny", f"{bucket}/m/tiny_teacher.pt", img_size=256, seed=99)
+    assert again.checkpoint_sha256 == sha256_file(f"{bucket}/m/tiny_teacher.pt") == storage.sha256(f"{bucket}/m/tiny_teacher.pt")
+    x = torch.zeros(1, 3, 256, 256)
+    with torch.no_grad():
+        assert torch.allclose(again.embed(x), teacher.embed(x))
+
+
 def _bucket_files(uri: str) -> list[str]:
     return storage.listdir(uri, recursive=True)
 
@@ -95,7 +135,7 @@ def _bucket_files(uri: str) -> list[str]:
 def _distill_overrides(bucket: str, tmp: Path, name: str) -> list[str]:
     over = {
         "cache.data.source": tmp / "sample", "cache.data.sample_images": 16, "cache.output.dir": f"{bucket}/cache",
-        "cache.output.rows_per_file": 8, "cache.compute.num_cpus_per_actor": 0.25,
+        "cache.output.rows_per_file": 4, "cache.compute.num_cpus_per_actor": 0.25,
         "train.storage_path": f"{bucket}/runs", "train.name": name, "train.checkpoint_every_steps": 2,
         "step1.epochs": 2, "step1.batch_size": 2, "step2.batch_size": 2, "step2.max_prompts": 4, "step2.max_steps": 3,
         "step3.epochs": 1, "step3.batch_size": 2, "step3.max_steps": 3, "eval.max_images": 2,
@@ -104,46 +144,66 @@ def _distill_overrides(bucket: str, tmp: Path, name: str) -> list[str]:
     return [f"{k}={v}" for k, v in over.items()]
 
 
+def _start(cmd: list[str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "RAY_ADDRESS": "local"}, start_new_session=True,
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+
+def _kill_when(proc: subprocess.Popen, ready, log: Path, what: str, timeout: float = 400) -> None:
+    """SIGKILL the driver's whole process group once ``ready()`` holds (fail if it never does)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and not ready():
+        time.sleep(0.3)
+    reached = ready()
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(2)  # a PUT whose body had fully arrived may still complete on the server
+    assert reached, f"{what} never happened before the kill:\n" + log.read_text()[-3000:]
+
+
 @pytest.mark.ray
 @pytest.mark.slow
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1500)
 def test_main_job_on_s3_killed_resubmitted_and_rerun(s3, tmp_path):
-    """Cache and run storage on s3://: kill the driver mid step 1, resubmit (completes, nothing duplicated),
-    resubmit again (nothing recomputed)."""
+    """Cache and run storage on s3://. The driver is SIGKILLed once while caching and once mid step 1; each
+    resubmission continues (no image cached twice, no step trained twice), the job exits 0 with everything in
+    the bucket, and a further resubmission recomputes nothing."""
+    import pyarrow.parquet as pq
+
     bucket = make_bucket("edgesam-e2e")
     cmd = [sys.executable, "pipelines/distill.py", *_distill_overrides(bucket, tmp_path, "s3e2e")]
-    log = open(tmp_path / "first.log", "w")
-    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "RAY_ADDRESS": "local"}, start_new_session=True,
-                            stdout=log, stderr=subprocess.STDOUT)
+
+    def shards() -> list[str]:
+        return [f for f in _bucket_files(f"{bucket}/cache") if re.fullmatch(r"part-[0-9a-f]+\.parquet", f)]
+
+    _kill_when(_start(cmd, tmp_path / "a.log"), lambda: len(shards()) >= 1, tmp_path / "a.log", "a first shard")
+    first = shards()
+    done_before = sum(pq.read_metadata(f"{bucket}/cache/{f}").num_rows for f in first)
+    assert done_before < 16, "caching finished before it could be interrupted"
+    assert storage.read_json(f"{bucket}/cache/manifest.json")["status"] == "in_progress"
+
     step1 = f"{bucket}/runs/s3e2e-encoder_kd"
-    deadline = time.time() + 400
-    ckpts: set[str] = set()
-    while time.time() < deadline and proc.poll() is None:
-        ckpts = {f.split("/")[0] for f in _bucket_files(step1) if f.startswith("checkpoint_") and f.endswith("state.pt")}
-        if len(ckpts) >= 2:  # the second checkpoint means the first one is registered with Ray Train
-            break
-        time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    log.close()
-    assert ckpts, "no step-1 checkpoint in the bucket before the deadline:\n" + (tmp_path / "first.log").read_text()[-3000:]
+
+    def step1_checkpoints() -> set[str]:
+        return {f.split("/")[0] for f in _bucket_files(step1) if f.startswith("checkpoint_") and f.endswith("state.pt")}
+
+    # the second checkpoint means the first one is registered with Ray Train
+    _kill_when(_start(cmd, tmp_path / "b.log"), lambda: len(step1_checkpoints()) >= 2, tmp_path / "b.log",
+               "a second step-1 checkpoint")
     assert not storage.exists(f"{step1}/DONE.json"), "step 1 finished before it could be interrupted"
+    manifest = storage.read_json(f"{bucket}/cache/manifest.json")
+    assert manifest["status"] == "complete" and manifest["counts"]["images"] == 16
+    assert manifest["counts"]["written_this_run"] == 16 - done_before, "the resumed cache recomputed cached images"
+    assert set(first) <= set(shards()) and manifest["counts"]["duplicates"] == 0
+    ids = [i for f in shards() for i in pq.read_table(f"{bucket}/cache/{f}", columns=["image_id"]).column("image_id").to_pylist()]
+    assert len(ids) == len(set(ids)) == 16, "an image was cached twice"
 
     done = _run(cmd, timeout=600)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    assert "using complete teacher cache" in done.stdout  # the killed run had finished caching
-
+    assert "using complete teacher cache" in done.stdout
     files = _bucket_files(bucket)
-    shards = [f for f in files if re.fullmatch(r"cache/part-[0-9a-f]+\.parquet", f)]
-    assert shards and not [f for f in files if ".tmp" in f], files
-    manifest = storage.read_json(f"{bucket}/cache/manifest.json")
-    assert manifest["status"] == "complete" and manifest["counts"]["images"] == 16
-    assert manifest["counts"]["duplicates"] == 0
-    import pyarrow.parquet as pq
-
-    ids = [i for s in shards for i in pq.read_table(f"{bucket}/{s}", columns=["image_id"]).column("image_id").to_pylist()]
-    assert len(ids) == len(set(ids)) == 16, "an image was cached twice"
-
+    assert not [f for f in files if ".tmp" in f], files
     for f in ("runs/s3e2e/student.pt", "runs/s3e2e/eval_report.json", "runs/s3e2e/training_curves.png",
               "runs/s3e2e/onnx/encoder.onnx", "runs/s3e2e/onnx/decoder.onnx", "runs/s3e2e-encoder_kd/DONE.json",
               "runs/s3e2e-prompt_kd/DONE.json", "runs/s3e2e-rpn/DONE.json"):
@@ -165,7 +225,7 @@ def test_main_job_on_s3_killed_resubmitted_and_rerun(s3, tmp_path):
     model, extras = load_student(f"{bucket}/runs/s3e2e/student.pt", img_size=256)  # straight from the bucket
     assert model.rpn is not None and extras["meta"]["random_teacher"] is True
 
-    # Resubmitting the finished job recomputes nothing: no image cached, no step trained.
+    # Resubmitting the finished job recomputes nothing: no image cached, no step trained, no file rewritten.
     before = {f: storage.size(f"{bucket}/{f}") for f in files if f.startswith(("cache/", "runs/s3e2e-"))}
     again = _run(cmd, timeout=400)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
