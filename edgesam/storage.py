@@ -225,6 +225,31 @@ def remove(path: PathLike, missing_ok: bool = True) -> None:
             raise
 
 
+def move(src: PathLike, dest: PathLike) -> None:
+    """Rename a file or directory tree. Object stores have no rename: the objects are copied, then deleted."""
+    fs, p = resolve(src)
+    fs2, q = resolve(dest)
+    if fs is _LOCAL and fs2 is _LOCAL:
+        os.makedirs(os.path.dirname(q), exist_ok=True)
+        os.replace(p, q)
+        return
+    info = fs.get_file_info(p)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"no such file or directory: {src}")
+    pafs.copy_files(p, q, source_filesystem=fs, destination_filesystem=fs2)
+    if info.type == pafs.FileType.Directory:
+        fs.delete_dir(p)
+    else:
+        fs.delete_file(p)
+
+
+def rmtree(path: PathLike) -> None:
+    """Delete a directory tree (missing is fine)."""
+    fs, p = resolve(path)
+    if fs.get_file_info(p).type == pafs.FileType.Directory:
+        fs.delete_dir(p)
+
+
 def sha256(path: PathLike, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file's bytes, streamed."""
     h = hashlib.sha256()

@@ -75,6 +75,11 @@ def test_storage_helpers(where, s3, tmp_path):
         assert Path(local, "q", "f.txt").read_text() == "staged"
     fetched = storage.fetch(storage.join(base, "sub", "deep", "c.txt"), cache_dir=tmp_path / "fetch")
     assert Path(fetched).read_text() == "hello"
+    storage.move(storage.join(base, "staged"), storage.join(base, "moved"))
+    assert not storage.exists(storage.join(base, "staged"))
+    assert storage.read_text(storage.join(base, "moved", "q", "f.txt")) == "staged"
+    storage.rmtree(storage.join(base, "moved"))
+    assert not storage.exists(storage.join(base, "moved"))
     if where == "s3":
         assert storage.to_uri(*storage.resolve(a)) == a
 
