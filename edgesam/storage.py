@@ -33,6 +33,9 @@ PathLike = str | os.PathLike
 _LOCAL = pafs.LocalFileSystem()
 # pyarrow's FileSystem.type_name -> URI scheme
 _SCHEMES = {"s3": "s3", "gcs": "gs", "hdfs": "hdfs"}
+# Every read on an object-store file is one ranged GET: sequential readers (tarfile asks for 10 KiB at a
+# time, hashing for 1 MiB) go through a buffer of this size.
+REMOTE_BUFFER = 8 << 20
 
 
 def is_uri(path: PathLike) -> bool:
@@ -155,10 +158,11 @@ def makedirs(path: PathLike) -> None:
     fs.create_dir(p, recursive=True)
 
 
-def open_input_stream(path: PathLike):
-    """Sequential reader (file-like ``read``); for tar streams and large objects."""
+def open_input_stream(path: PathLike, buffer_size: int = REMOTE_BUFFER):
+    """Sequential reader (file-like ``read``); for tar streams and large objects. Remote reads are
+    buffered (``buffer_size`` bytes per GET)."""
     fs, p = resolve(path)
-    return fs.open_input_stream(p)
+    return fs.open_input_stream(p, buffer_size=0 if fs is _LOCAL else buffer_size)
 
 
 def open_input_file(path: PathLike):
@@ -176,8 +180,9 @@ def open_output_stream(path: PathLike):
 
 
 def read_bytes(path: PathLike) -> bytes:
+    """The whole file (one GET on object stores: a random-access file knows its size)."""
     try:
-        with open_input_stream(path) as f:
+        with open_input_file(path) as f:
             return f.read()
     except OSError as exc:
         if not exists(path):

@@ -137,15 +137,16 @@ def _bucket_files(uri: str) -> list[str]:
     return storage.listdir(uri, recursive=True)
 
 
-def _distill_overrides(bucket: str, tmp: Path, name: str) -> list[str]:
+def _distill_overrides(bucket: str, tmp: Path, name: str, **extra) -> list[str]:
     over = {
         "cache.data.source": tmp / "sample", "cache.data.sample_images": 16, "cache.output.dir": f"{bucket}/cache",
-        "cache.output.rows_per_file": 4, "cache.compute.num_cpus_per_actor": 0.25,
+        "cache.output.rows_per_file": 8, "cache.compute.num_cpus_per_actor": 0.25,
         "train.storage_path": f"{bucket}/runs", "train.name": name, "train.checkpoint_every_steps": 2,
         "step1.epochs": 2, "step1.batch_size": 2, "step2.batch_size": 2, "step2.max_prompts": 4, "step2.max_steps": 3,
         "step3.epochs": 1, "step3.batch_size": 2, "step3.max_steps": 3, "eval.max_images": 2,
         "train.scaling.resources_per_worker": "{CPU: 0.5}",
     }
+    over.update(extra)
     return [f"{k}={v}" for k, v in over.items()]
 
 
@@ -176,8 +177,13 @@ def test_main_job_on_s3_killed_resubmitted_and_rerun(s3, tmp_path):
     the bucket, and a further resubmission recomputes nothing."""
     import pyarrow.parquet as pq
 
+    from edgesam.data.synthetic import write_sa1b_shards
+
     bucket = make_bucket("edgesam-e2e")
-    cmd = [sys.executable, "pipelines/distill.py", *_distill_overrides(bucket, tmp_path, "s3e2e")]
+    # 8 small tars (8 read tasks) and 2-row shards: shards land one by one, so the first kill hits mid-cache
+    write_sa1b_shards(tmp_path / "sample", num_images=16, images_per_shard=2, seed=0)
+    cmd = [sys.executable, "pipelines/distill.py", *_distill_overrides(bucket, tmp_path, "s3e2e", **{
+        "cache.output.rows_per_file": 2, "cache.compute.batch_size": 2, "cache.compute.preprocess_batch_size": 2})]
 
     def shards() -> list[str]:
         return [f for f in _bucket_files(f"{bucket}/cache") if re.fullmatch(r"part-[0-9a-f]+\.parquet", f)]
