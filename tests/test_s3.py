@@ -273,13 +273,14 @@ def test_annotate_reads_and_writes_s3(s3, tmp_path):
     over = ["model.img_size=256", f"model.checkpoint={bucket}/models/student.pt", "everything.mode=rpn",
             "everything.num_outputs=3", "everything.rpn_score_thresh=0.0", "everything.max_proposals=4",
             "everything.stability_score_thresh=0.0", "compute.num_cpus=0.25", "model.threads=1",
-            "output.overlays=true"]
+            "output.overlays=true", "output.formats=[coco_rle, yolo]"]
     cmd = [sys.executable, "pipelines/annotate.py", "--input", f"{bucket}/images", "--output", f"{bucket}/labels", *over]
     first = _run(cmd, timeout=300)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     files = storage.listdir(f"{bucket}/labels", recursive=True)
     assert {"annotations.json", "skipped.json", "summary.json", "run.json"} <= set(files), files
     assert sum(f.startswith("parts/") for f in files) == 4 and sum(f.startswith("overlays/") for f in files) == 3
+    assert {"yolo/data.yaml", "yolo/labels/a/one.txt", "yolo/labels/b/two.txt", "yolo/labels/three.txt"} <= set(files)
     local = tmp_path / "annotations.json"
     local.write_bytes(storage.read_bytes(f"{bucket}/labels/annotations.json"))
     coco = COCO(str(local))
