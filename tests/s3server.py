@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -17,14 +16,10 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator
 
+from tests.raycluster import free_port
+
 AWS_VARS = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
             "AWS_EC2_METADATA_DISABLED")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _moto_command() -> list[str]:
@@ -32,15 +27,13 @@ def _moto_command() -> list[str]:
     if exe.is_file():
         return [str(exe)]
     found = shutil.which("moto_server")
-    if found:
-        return [found]
-    return [sys.executable, "-m", "moto.server"]
+    return [found] if found else [sys.executable, "-m", "moto.server"]
 
 
 @contextlib.contextmanager
 def s3_server(log_dir: Path) -> Iterator[str]:
     """Yield the endpoint URL of a fresh moto S3 server; the AWS_* variables point at it meanwhile."""
-    port = _free_port()
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     log = open(log_dir / "moto_server.log", "wb")
     proc = subprocess.Popen([*_moto_command(), "-H", "127.0.0.1", "-p", str(port)], stdout=log,
