@@ -137,12 +137,14 @@ def size(path: PathLike) -> int:
     return int(info.size)
 
 
-def listdir(path: PathLike, recursive: bool = False) -> list[str]:
-    """Files below ``path`` (sorted), as paths relative to it; [] if ``path`` does not exist."""
+def listdir(path: PathLike, recursive: bool = False, dirs: bool = False) -> list[str]:
+    """Files (and with ``dirs`` also directories) below ``path``, sorted, as paths relative to it; [] if
+    ``path`` does not exist."""
     fs, p = resolve(path)
     infos = fs.get_file_info(pafs.FileSelector(p, allow_not_found=True, recursive=recursive))
+    kinds = (pafs.FileType.File, pafs.FileType.Directory) if dirs else (pafs.FileType.File,)
     prefix = p.rstrip("/") + "/"
-    return sorted(i.path[len(prefix):] for i in infos if i.type == pafs.FileType.File and i.path.startswith(prefix))
+    return sorted(i.path[len(prefix):] for i in infos if i.type in kinds and i.path.startswith(prefix))
 
 
 def glob(path: PathLike, pattern: str) -> list[str]:

@@ -41,7 +41,7 @@ def write_marker(path: str | Path, obj: dict) -> None:
 
 
 def run_exists(run_dir: str | Path) -> bool:
-    return bool(storage.listdir(run_dir, recursive=True))
+    return bool(storage.listdir(run_dir, dirs=True))
 
 
 def discard_run(run_dir: str | Path) -> str | None:
