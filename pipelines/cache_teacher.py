@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     except C.CacheMismatchError as exc:
         print(f"[cache] ERROR: {exc}", file=sys.stderr)
         return 2
-    out.summary({"cache": str(Path(cfg.output.dir).resolve())})
+    out.summary({"cache": storage.display(cfg.output.dir)})
     return 0 if manifest["status"] == "complete" else 1
 
 
