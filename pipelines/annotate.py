@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import sys
 import time
@@ -46,6 +45,7 @@ if __package__ in (None, ""):  # `python pipelines/annotate.py` and `ray job sub
 import numpy as np
 from pydantic import Field
 
+from edgesam import storage
 from edgesam.config import StrictModel, add_config_args, dump_config, load_config
 from edgesam.data.images import IMAGE_EXTENSIONS
 from edgesam.formats.export import ExportCfg, Formats, write_formats
@@ -127,32 +127,31 @@ def image_id_for(file_name: str) -> int:
     return int(hashlib.sha1(file_name.encode("utf-8")).hexdigest()[:13], 16) or 1
 
 
-def list_images(root: Path, extensions: list[str], limit: int | None = None) -> list[dict]:
-    """-> [{"path", "file_name", "image_id"}] for every file under ``root`` with an image extension, sorted."""
+def list_images(root: str | Path, extensions: list[str], limit: int | None = None) -> list[dict]:
+    """-> [{"path", "file_name", "image_id"}] for every file under ``root`` (local or s3://) with an image extension, sorted."""
     exts = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in exts and p.is_file())
+    files = [r for r in storage.listdir(root, recursive=True) if os.path.splitext(r)[1].lower() in exts]
     if limit:
         files = files[:limit]
     items, seen = [], {}
-    for p in files:
-        rel = p.relative_to(root).as_posix()
+    for rel in files:
+        p = storage.display(storage.join(root, rel))
         iid = image_id_for(rel)
         if iid in seen:
             raise RuntimeError(f"image id collision between {seen[iid]!r} and {rel!r}; rename one of them")
         seen[iid] = rel
-        items.append({"path": str(p.resolve()), "file_name": rel, "image_id": iid})
+        items.append({"path": p, "file_name": rel, "image_id": iid})
     return items
 
 
-def part_path(out_dir: Path, image_id: int) -> Path:
-    return out_dir / PARTS / f"{image_id}.json"
+def part_path(out_dir: str | Path, image_id: int) -> str | Path:
+    """A Path under a local ``out_dir``, a URI under an s3:// / gs:// one."""
+    p = storage.join(out_dir, PARTS, f"{image_id}.json")
+    return p if storage.is_uri(p) else Path(p)
 
 
-def write_json_atomic(path: Path, obj: Any, indent: int | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=indent))
-    os.replace(tmp, path)
+def write_json_atomic(path: str | Path, obj: Any, indent: int | None = None) -> None:
+    storage.write_json(path, obj, indent=indent)  # temp + rename locally, one PUT on object stores
 
 
 # -- model ------------------------------------------------------------------------------------------------
@@ -171,19 +170,15 @@ def model_identity(cfg: AnnotateConfig) -> dict:
     if m.checkpoint and m.onnx_dir:
         raise ValueError("give model.checkpoint or model.onnx_dir, not both")
 
-    from edgesam.digest import sha256_file as sha
-
     if m.checkpoint:
-        p = Path(m.checkpoint)
-        if not p.is_file():
-            raise FileNotFoundError(f"model.checkpoint not found: {p}")
-        weights = {"checkpoint": str(p.resolve()), "sha256": sha(p), "img_size": m.img_size}
+        if not storage.is_file(m.checkpoint):
+            raise FileNotFoundError(f"model.checkpoint not found: {m.checkpoint}")
+        weights = {"checkpoint": storage.display(m.checkpoint), "sha256": storage.sha256(m.checkpoint), "img_size": m.img_size}
     elif m.onnx_dir:
-        d = Path(m.onnx_dir)
-        if not d.is_dir():
-            raise FileNotFoundError(f"model.onnx_dir not found: {d}")
-        weights = {"onnx_dir": str(d.resolve()),
-                   "sha256": {f.name: sha(f) for f in sorted(d.glob("*.onnx"))}}
+        if not storage.is_dir(m.onnx_dir):
+            raise FileNotFoundError(f"model.onnx_dir not found: {m.onnx_dir}")
+        weights = {"onnx_dir": storage.display(m.onnx_dir),
+                   "sha256": {storage.name(f): storage.sha256(f) for f in storage.glob(m.onnx_dir, "*.onnx")}}
     else:
         weights = {"random": True, "seed": m.seed, "img_size": m.img_size, "rpn_config": m.rpn_config}
     return {"weights": weights, "everything": cfg.everything.model_dump(mode="json")}
@@ -197,14 +192,12 @@ def preflight(cfg: AnnotateConfig) -> None:
         from edgesam.models.rpn import RPN_ONNX_FILE
 
         need = [ENCODER_FILE, DECODER_FILE] + ([RPN_ONNX_FILE] if mode == "rpn" else [])
-        missing = [f for f in need if not (Path(m.onnx_dir) / f).is_file()]
+        missing = [f for f in need if not storage.is_file(storage.join(m.onnx_dir, f))]
         if missing:
             hint = " (rpn.onnx: edgesam.export.rpn_onnx.export_rpn_onnx, or everything.mode=grid)" if RPN_ONNX_FILE in missing else ""
             raise FileNotFoundError(f"model.onnx_dir {m.onnx_dir} lacks {', '.join(missing)}{hint}")
     elif m.checkpoint and mode == "rpn":
-        import torch
-
-        state = torch.load(m.checkpoint, map_location="cpu", weights_only=True)
+        state = storage.torch_load(m.checkpoint, weights_only=True)
         if not (isinstance(state, dict) and state.get("rpn") is not None):
             raise ValueError(f"model.checkpoint {m.checkpoint} has no RPN (train distillation step 3) - "
                              "use everything.mode=grid for a point grid")
@@ -225,7 +218,7 @@ def build_generator(cfg: AnnotateConfig, device: str | None = None):
     if m.onnx_dir and m.backend == "torch":
         raise ValueError("model.backend=torch needs model.checkpoint (or random weights), not model.onnx_dir")
     if m.onnx_dir:  # encoder/decoder through edgesam.inference.runtime.make_backends, plus rpn.onnx
-        return EverythingGenerator.from_onnx(m.onnx_dir, cfg.everything, device=device, threads=threads)
+        return EverythingGenerator.from_onnx(storage.fetch(m.onnx_dir), cfg.everything, device=device, threads=threads)
     if m.checkpoint:
         from edgesam.models import load_student
 
@@ -255,11 +248,10 @@ def read_image(path: str, cfg: InputCfg) -> np.ndarray:
     """File -> uint8 (H,W,3) RGB; raises ValueError (ImageDecodeError) / OSError with the reason."""
     from edgesam.data.images import decode_image
 
-    size = os.path.getsize(path)
+    size = storage.size(path)
     if size > cfg.max_file_bytes:
         raise ValueError(f"file too large: {size} bytes > input.max_file_bytes {cfg.max_file_bytes}")
-    with open(path, "rb") as f:
-        data = f.read()
+    data = storage.read_bytes(path)
     return decode_image(data, source=path, min_side=cfg.min_side, max_pixels=cfg.max_pixels)
 
 
@@ -286,21 +278,21 @@ def render_overlay(image: np.ndarray, records: list[dict], max_side: int, seed: 
     return base.astype(np.uint8)
 
 
-def _write_extras(out_dir: Path, cfg: OutputCfg, item: dict, image: np.ndarray, records: list[dict]) -> None:
+def _write_extras(out_dir: str | Path, cfg: OutputCfg, item: dict, image: np.ndarray, records: list[dict]) -> None:
     stem = Path(item["file_name"]).with_suffix("")
     if cfg.sa1b_json:
         h, w = image.shape[:2]
         doc = {"image": {"image_id": item["image_id"], "width": w, "height": h, "file_name": item["file_name"]},
                "annotations": [{"id": i + 1, **r} for i, r in enumerate(records)]}
-        write_json_atomic(out_dir / "sa1b" / stem.with_suffix(".json"), doc)
+        write_json_atomic(storage.join(out_dir, "sa1b", stem.with_suffix(".json").as_posix()), doc)
     if cfg.overlays:
+        import io
+
         from PIL import Image
 
-        path = out_dir / "overlays" / stem.with_suffix(".png")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        Image.fromarray(render_overlay(image, records, cfg.overlay_max_side, item["image_id"] % 2**32)).save(tmp)
-        os.replace(tmp, path)
+        buf = io.BytesIO()
+        Image.fromarray(render_overlay(image, records, cfg.overlay_max_side, item["image_id"] % 2**32)).save(buf, "PNG")
+        storage.write_bytes(storage.join(out_dir, "overlays", stem.with_suffix(".png").as_posix()), buf.getvalue())
 
 
 class AnnotateWorker:
@@ -308,7 +300,7 @@ class AnnotateWorker:
 
     def __init__(self, cfg: dict, out_dir: str) -> None:
         self.cfg = AnnotateConfig.model_validate(cfg)
-        self.out_dir = Path(out_dir)
+        self.out_dir = out_dir  # local path or s3:// / gs:// URI
         self.gen = build_generator(self.cfg)
 
     def label(self, item: dict) -> dict:
@@ -345,27 +337,28 @@ class AnnotateWorker:
 
 
 # -- driver -----------------------------------------------------------------------------------------------
-def check_run(out_dir: Path, identity: dict, input_dir: Path) -> None:
+def check_run(out_dir: str | Path, identity: dict, input_dir: str | Path) -> None:
     """Refuse to mix parts made with another model / settings; record the identity on the first run."""
-    run = out_dir / RUN_FILE
-    if run.is_file():
-        previous = json.loads(run.read_text())
+    run = storage.join(out_dir, RUN_FILE)
+    if storage.is_file(run):
+        previous = storage.read_json(run)
         if previous.get("identity") != identity:
             raise RunMismatchError(
                 f"{out_dir} holds results made with other model weights or everything-mode settings "
-                f"(see {run}); use another --output, or delete {out_dir / PARTS} and {run} to start over")
+                f"(see {run}); use another --output, or delete {storage.join(out_dir, PARTS)} and {run} to start over")
         return
-    write_json_atomic(run, {"identity": identity, "input": str(input_dir.resolve()),
+    write_json_atomic(run, {"identity": identity, "input": storage.display(input_dir),
                             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2)
 
 
-def pending_items(items: list[dict], out_dir: Path, retry_skipped: bool) -> tuple[list[dict], int]:
+def pending_items(items: list[dict], out_dir: str | Path, retry_skipped: bool) -> tuple[list[dict], int]:
     """Items without a finished part -> (pending, number resumed)."""
     pending, resumed = [], 0
+    parts = set(storage.listdir(storage.join(out_dir, PARTS)))  # one listing, not a request per image
     for it in items:
         p = part_path(out_dir, it["image_id"])
-        if p.is_file():
-            if retry_skipped and json.loads(p.read_text()).get("status") == "skipped":
+        if storage.name(p) in parts:
+            if retry_skipped and storage.read_json(p).get("status") == "skipped":
                 pending.append(it)
                 continue
             resumed += 1
@@ -374,7 +367,7 @@ def pending_items(items: list[dict], out_dir: Path, retry_skipped: bool) -> tupl
     return pending, resumed
 
 
-def run_actors(cfg: AnnotateConfig, pending: list[dict], out_dir: Path) -> list[dict]:
+def run_actors(cfg: AnnotateConfig, pending: list[dict], out_dir: str | Path) -> list[dict]:
     """The Ray Data job over ``pending``; returns one summary row per image."""
     import ray
 
@@ -389,14 +382,15 @@ def run_actors(cfg: AnnotateConfig, pending: list[dict], out_dir: Path) -> list[
     return ds.take_all()
 
 
-def assemble(items: list[dict], out_dir: Path, identity: dict) -> tuple[dict, list[dict]]:
+def assemble(items: list[dict], out_dir: str | Path, identity: dict) -> tuple[dict, list[dict]]:
     """COCO dict from the parts of ``items`` (in listing order) and the skipped list."""
     images, annotations, skipped = [], [], []
+    parts = set(storage.listdir(storage.join(out_dir, PARTS)))
     for it in items:
         p = part_path(out_dir, it["image_id"])
-        if not p.is_file():
+        if storage.name(p) not in parts:
             continue
-        part = json.loads(p.read_text())
+        part = storage.read_json(p)
         if part["status"] == "skipped":
             skipped.append({"file_name": it["file_name"], "image_id": it["image_id"], "status": "skipped",
                             "reason": part["reason"]})
@@ -414,10 +408,10 @@ def assemble(items: list[dict], out_dir: Path, identity: dict) -> tuple[dict, li
 def run_annotate(cfg: AnnotateConfig, input_dir: str | Path, output_dir: str | Path) -> dict:
     """Label (or resume labelling) every image under ``input_dir``; returns the summary."""
     t0 = time.time()
-    input_dir, out_dir = Path(input_dir), Path(output_dir)
-    if not input_dir.is_dir():
+    input_dir, out_dir = str(input_dir), str(output_dir)  # local paths or s3:// / gs:// URIs
+    if not storage.is_dir(input_dir):
         raise FileNotFoundError(f"--input is not a directory: {input_dir}")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    storage.makedirs(out_dir)
     identity = model_identity(cfg)
     preflight(cfg)
     if identity["weights"].get("random"):
@@ -432,7 +426,7 @@ def run_annotate(cfg: AnnotateConfig, input_dir: str | Path, output_dir: str | P
     failed = [{"file_name": r["file_name"], "image_id": int(r["image_id"]), "status": "failed", "reason": r["reason"]}
               for r in rows if r["status"] == "failed"]
     outputs = write_formats(out_dir, coco, cfg.output.formats, cfg.output.export)
-    write_json_atomic(out_dir / SKIPPED_FILE, skipped + failed, indent=2)
+    write_json_atomic(storage.join(out_dir, SKIPPED_FILE), skipped + failed, indent=2)
     labelled_now = [r for r in rows if r["status"] == "labelled"]
     summary = {
         "images_listed": len(items), "labelled": len(coco["images"]), "skipped": len(skipped), "failed": len(failed),
@@ -440,8 +434,9 @@ def run_annotate(cfg: AnnotateConfig, input_dir: str | Path, output_dir: str | P
         "labelled_this_run": len(labelled_now),
         "seconds_per_image": (float(np.mean([r["seconds"] for r in labelled_now])) if labelled_now else None),
         "wall_seconds": round(time.time() - t0, 2), "random_weights": bool(identity["weights"].get("random")),
-        "coco_json": outputs.get("coco_rle"), "outputs": outputs, "skipped_json": str((out_dir / SKIPPED_FILE).resolve())}
-    write_json_atomic(out_dir / SUMMARY_FILE, summary, indent=2)
+        "coco_json": outputs.get("coco_rle"), "outputs": outputs,
+        "skipped_json": storage.display(storage.join(out_dir, SKIPPED_FILE))}
+    write_json_atomic(storage.join(out_dir, SUMMARY_FILE), summary, indent=2)
     for s in skipped + failed:
         print(f"[annotate] {s['status']} {s['file_name']}: {s['reason']}")
     spi = f"{summary['seconds_per_image']:.2f} s/image" if summary["seconds_per_image"] is not None else "n/a s/image"

@@ -24,6 +24,7 @@ if __package__ in (None, ""):  # `python pipelines/cache_teacher.py` and `ray jo
 
 
 from edgesam.config import StrictModel, add_config_args, dump_config, load_config
+from edgesam import storage
 from edgesam.data import cache as C
 
 DEFAULT_SAMPLE = "data/sample"
@@ -165,7 +166,7 @@ def teacher_identity(cfg: CacheConfig) -> dict:
             "checkpoint_sha256": digest}
 
 
-def finalize(out_dir: Path, manifest: dict, summary: list[dict], elapsed: float) -> dict:
+def finalize(out_dir: str | Path, manifest: dict, summary: list[dict], elapsed: float) -> dict:
     """Recount from the shards themselves (authoritative) and mark the cache complete."""
     import pyarrow.parquet as pq
 
@@ -173,7 +174,7 @@ def finalize(out_dir: Path, manifest: dict, summary: list[dict], elapsed: float)
     total_bytes = 0
     for f in C.shard_files(out_dir):
         ids += pq.read_table(f, columns=["image_id"]).column("image_id").to_pylist()
-        total_bytes += f.stat().st_size
+        total_bytes += storage.size(f)
     dupes = sorted({i for i in ids if ids.count(i) > 1}) if len(ids) != len(set(ids)) else []
     skipped = [{"source": r["source"], "image_id": r["image_id"], "reason": r["reason"]} for r in summary if r["kind"] == "skipped"]
     manifest.update(
@@ -195,8 +196,8 @@ def run_cache(cfg: CacheConfig) -> dict:
     import edgesam
 
     t0 = time.time()
-    out_dir = Path(cfg.output.dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = cfg.output.dir  # a local path or an s3:// / gs:// URI
+    storage.makedirs(out_dir)
     identity = C.cache_identity(teacher_identity(cfg), cfg.preprocessing)
     previous = C.check_identity(out_dir, identity)
     done, removed = C.scan_done_ids(out_dir)
@@ -221,7 +222,7 @@ def run_cache(cfg: CacheConfig) -> dict:
         print(f"[cache] skipped {s['source']}: {s['reason']}")
     print(f"[cache] done: {manifest['counts']['images']} images in {manifest['counts']['shards']} shards "
           f"({manifest['bytes_per_image'] / 2**20:.2f} MiB/image), {manifest['counts']['skipped']} skipped, "
-          f"written to {out_dir.resolve()}", flush=True)
+          f"written to {storage.display(out_dir)}", flush=True)
     return manifest
 
 
@@ -243,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     except C.CacheMismatchError as exc:
         print(f"[cache] ERROR: {exc}", file=sys.stderr)
         return 2
-    out.summary({"cache": str(Path(cfg.output.dir).resolve())})
+    out.summary({"cache": storage.display(cfg.output.dir)})
     return 0 if manifest["status"] == "complete" else 1
 
 

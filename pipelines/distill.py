@@ -20,6 +20,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from edgesam import storage as storage_io
 from pipelines.cache_teacher import run_cache
 from pipelines.distill_config import DistillConfig, StepConfig
 from pipelines.distill_identity import (StepMismatchError, check_step, digest, expected_cache_identity, mark_done,
@@ -60,14 +61,11 @@ def ensure_cache(cfg: DistillConfig) -> dict:
 
 
 def _has_rpn(path: str | None) -> bool:
-    import torch
-
-    from pipelines.distill_loop import STATE_FILE
+    from pipelines.distill_loop import read_state
 
     if not path:
         return False
-    p = Path(path)
-    state = torch.load(p / STATE_FILE if p.is_dir() else p, map_location="cpu", weights_only=False)
+    state = read_state(path)
     return state.get("rpn") is not None
 
 
@@ -128,7 +126,7 @@ def run_step(cfg: DistillConfig, step: StepConfig, split: dict, init_checkpoint:
         result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"{step.kind}: training produced no checkpoint ({result.error})")
-    ckpt = result.checkpoint.path
+    ckpt = storage_io.to_uri(result.checkpoint.filesystem, result.checkpoint.path)  # s3:// paths keep their scheme
     mark_done(run_dir, identity, result.metrics.get("global_step"), ckpt, result.metrics)
     return ckpt
 

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edgesam import storage
 from edgesam.data import cache as C
 
 DONE = "DONE.json"
@@ -32,30 +33,23 @@ class StepMismatchError(ValueError):
 
 # --------------------------------------------------------------------------------------- marker I/O
 def read_marker(path: str | Path) -> dict | None:
-    p = Path(path)
-    return json.loads(p.read_text()) if p.is_file() else None
+    return storage.read_json(path) if storage.is_file(path) else None  # local, s3:// or gs://
 
 
 def write_marker(path: str | Path, obj: dict) -> None:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(p.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    tmp.replace(p)  # never a half-written marker
+    storage.write_json(path, obj)  # never a half-written marker (temp + rename locally, one PUT on object stores)
 
 
 def run_exists(run_dir: str | Path) -> bool:
-    p = Path(run_dir)
-    return p.is_dir() and any(p.iterdir())
+    return bool(storage.listdir(run_dir, dirs=True))
 
 
 def discard_run(run_dir: str | Path) -> str | None:
     """Move a step's run directory aside (kept, renamed ``<run>.replaced-<UTC time>``); returns the new name."""
-    p = Path(run_dir)
-    if not p.exists():
+    if not storage.exists(run_dir):
         return None
-    dest = p.with_name(f"{p.name}.replaced-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
-    p.rename(dest)
+    dest = storage.join(storage.parent(run_dir), f"{storage.name(run_dir)}.replaced-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+    storage.move(run_dir, dest)  # a rename locally; copy + delete on object stores
     return str(dest)
 
 
@@ -71,8 +65,7 @@ def checkpoint_digest(path: str | None) -> str | None:
 
     if not path:
         return None
-    p = Path(path)
-    return sha256_file(p / STATE_FILE if p.is_dir() else p)
+    return sha256_file(storage.join(path, STATE_FILE) if storage.is_dir(path) else path)
 
 
 def expected_cache_identity(cfg) -> dict:
@@ -135,8 +128,8 @@ def check_step(step, run_dir: str, identity: dict, restart: bool = False) -> dic
     With ``restart`` a finished run, or one started under another identity, is moved aside and the step
     runs from scratch; an interrupted run started under this very identity resumes (same result, and a
     restart that is itself interrupted continues when resubmitted)."""
-    done = read_marker(Path(run_dir) / DONE)
-    started = read_marker(Path(run_dir) / STARTED)
+    done = read_marker(storage.join(run_dir, DONE))
+    started = read_marker(storage.join(run_dir, STARTED))
     if restart and run_exists(run_dir):
         if done is not None or started is None or diff_fields(started["identity"], identity):
             print(f"[distill] {STEP_NAMES[step.kind]}: restart: moved {run_dir} aside to {discard_run(run_dir)}",
@@ -161,7 +154,7 @@ def check_step(step, run_dir: str, identity: dict, restart: bool = False) -> dic
 
 
 def mark_started(run_dir: str, identity: dict) -> None:
-    write_marker(Path(run_dir) / STARTED, {"identity": identity, "identity_sha256": digest(identity),
+    write_marker(storage.join(run_dir, STARTED), {"identity": identity, "identity_sha256": digest(identity),
                                            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
 
 
@@ -169,5 +162,5 @@ def mark_done(run_dir: str, identity: dict, global_step: int | None, checkpoint:
     done = {"step": global_step, "checkpoint": checkpoint, "checkpoint_sha256": checkpoint_digest(checkpoint),
             "identity": identity, "identity_sha256": digest(identity), "metrics": metrics,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    write_marker(Path(run_dir) / DONE, done)
+    write_marker(storage.join(run_dir, DONE), done)
     return done

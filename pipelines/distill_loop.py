@@ -73,12 +73,18 @@ class RpnStep(nn.Module):
         return train_rpn_step(self.rpn, feats, batch["gt_boxes"], batch["img_size"])
 
 
+def read_state(path: str) -> dict:
+    """The state dict of a Ray checkpoint directory (ours) or a checkpoint file; local or s3:// / gs://."""
+    from edgesam import storage
+
+    return storage.torch_load(storage.join(path, STATE_FILE) if storage.is_dir(path) else path, weights_only=False)
+
+
 def load_weights(model: EdgeSAM, path: str) -> None:
     """Initialise from a Ray checkpoint directory (ours) or a student checkpoint file."""
     from edgesam.models.checkpoint import load_state_dict_strict
 
-    p = Path(path)
-    state = torch.load(p / STATE_FILE if p.is_dir() else p, map_location="cpu", weights_only=False)
+    state = read_state(path)
     rpn, model.rpn = model.rpn, None  # the "model" entry is the official-format part only
     load_state_dict_strict(model, state["model"], what=str(path))
     model.rpn = rpn

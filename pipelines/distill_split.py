@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from edgesam import storage
 from edgesam.data.cache import load_manifest, shard_files
 
 
@@ -16,9 +17,9 @@ def is_holdout(image_id: str, fraction: float, seed: int = 0) -> bool:
 
 def make_split(cfg) -> dict:
     """-> {"train_files", "holdout_files", "holdout_ids", "num_train", "steps_per_epoch": {kind: n}}."""
-    cache_dir = Path(cfg.cache.output.dir)
+    cache_dir = cfg.cache.output.dir  # local or s3:// / gs://
     load_manifest(cache_dir, {"img_size": cfg.cache.preprocessing.img_size})
-    files = [str(f.resolve()) for f in shard_files(cache_dir)]
+    files = [storage.display(f) for f in shard_files(cache_dir)]
     holdout_ids: list[str] = []
     holdout_files: set[str] = set()
     num_train = 0

@@ -136,8 +136,10 @@ def evaluate_holdout_report(model, teacher_pd, cfg, split: dict, out_dir: Path, 
     if images:
         from edgesam.eval.plots import mask_grid
 
-        report["mask_grid"] = str(mask_grid(images, preds, refs, out_dir / "mask_grid.png", titles=titles,
-                                            pred_label="student (box)", ref_label="GT").resolve())
+        from edgesam import storage
+
+        report["mask_grid"] = storage.display(mask_grid(images, preds, refs, storage.join(out_dir, "mask_grid.png"),
+                                                        titles=titles, pred_label="student (box)", ref_label="GT"))
     return report
 
 
@@ -162,7 +164,9 @@ def teacher_decoder_for(cache_teacher: dict, img_size: int, recorded: str | None
         print(f"[evaluate] the cache's teacher ({name}) has RANDOM weights: teacher metrics compare against it",
               flush=True)
         return build_teacher_prompt_decoder(tname, None, img_size, seed=seed)
-    path = given or (recorded if recorded and Path(recorded).is_file() else None)
+    from edgesam import storage
+
+    path = given or (recorded if recorded and storage.is_file(recorded) else None)
     if path is None:
         raise TeacherDecoderNeeded(
             f"the cache was made by the {name} teacher (checkpoint sha256 {want[:12]}...) and this student checkpoint "
@@ -237,7 +241,9 @@ def main(argv: list[str] | None = None) -> int:
                        "max_instances_per_image": args.max_instances, "metrics": metrics}, indent=2)
     print(text)
     if args.out:
-        Path(args.out).write_text(text)
+        from edgesam import storage
+
+        storage.write_text(args.out, text)
     return 0
 
 

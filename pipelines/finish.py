@@ -1,19 +1,19 @@
 """End of a distillation run: student checkpoint, evaluation report, plots, ONNX export, summary."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import torch
 
+from edgesam import storage
 from edgesam.models import EdgeSAM, build_teacher_prompt_decoder, save_student
 
 
 def _load_final(cfg, ckpt_dir: str) -> tuple[EdgeSAM, list[dict]]:
-    from pipelines.distill_loop import STATE_FILE
+    from pipelines.distill_loop import read_state
 
-    state = torch.load(Path(ckpt_dir) / STATE_FILE, map_location="cpu", weights_only=False)
+    state = read_state(ckpt_dir)
     model = EdgeSAM(cfg.cache.preprocessing.img_size)
     model.load_state_dict(state["model"])
     if state.get("rpn") is not None:
@@ -27,13 +27,13 @@ def _load_final(cfg, ckpt_dir: str) -> tuple[EdgeSAM, list[dict]]:
 def _histories(cfg) -> list[dict]:
     """Concatenate the metric histories of every step (each step's last checkpoint holds its own)."""
     from pipelines.distill_identity import DONE, read_marker
-    from pipelines.distill_loop import STATE_FILE
+    from pipelines.distill_loop import read_state
 
     out = []
     for step in cfg.steps():
-        done = read_marker(Path(cfg.train.storage_path) / f"{cfg.train.name}-{step.kind}" / DONE)
+        done = read_marker(storage.join(cfg.train.storage_path, f"{cfg.train.name}-{step.kind}", DONE))
         if done is not None:
-            hist = torch.load(Path(done["checkpoint"]) / STATE_FILE, map_location="cpu", weights_only=False).get("history", [])
+            hist = read_state(done["checkpoint"]).get("history", [])
             out += [{**h, "kind": step.kind} for h in hist]
     return out
 
@@ -71,7 +71,7 @@ def _final_eval(cfg_json: dict, ckpt_dir: str, split: dict) -> tuple[dict, bytes
     return report, png
 
 
-def run_final_eval(cfg, ckpt_dir: str, split: dict, out: Path) -> dict:
+def run_final_eval(cfg, ckpt_dir: str, split: dict, out: str | Path) -> dict:
     import ray
 
     from pipelines.ray_init import init_ray
@@ -80,30 +80,29 @@ def run_final_eval(cfg, ckpt_dir: str, split: dict, out: Path) -> dict:
     task = ray.remote(_final_eval).options(**eval_task_options(cfg.train.scaling))
     report, png = ray.get(task.remote(cfg.model_dump(mode="json"), ckpt_dir, split))
     if png:
-        (out / "mask_grid.png").write_bytes(png)
-        report["mask_grid"] = str((out / "mask_grid.png").resolve())
+        report["mask_grid"] = storage.display(storage.write_bytes(storage.join(out, "mask_grid.png"), png))
     return report
 
 
 def finish_run(cfg, ckpt_dir: str, split: dict, random_teacher: bool) -> dict:
     from edgesam.eval.plots import plot_curves
 
-    out = Path(cfg.output_dir or Path(cfg.train.storage_path) / cfg.train.name)
-    out.mkdir(parents=True, exist_ok=True)
+    out = cfg.output_dir or storage.join(cfg.train.storage_path, cfg.train.name)  # local or s3:// / gs://
+    storage.makedirs(out)
     model, _ = _load_final(cfg, ckpt_dir)
     meta = {"teacher": cfg.cache.teacher.model_dump(mode="json"), "random_teacher": random_teacher,
             "img_size": cfg.cache.preprocessing.img_size, "rpn_config": cfg.rpn.model_dump(), "source_checkpoint": ckpt_dir,
             # pipelines/evaluate.py scores exactly these rows of the cache (the student never trained on them)
             "holdout": {"fraction": cfg.eval.holdout_fraction, "seed": cfg.eval.seed, "ids": split["holdout_ids"]}}
-    student_path = save_student(model, out / "student.pt", meta=meta)
+    student_path = save_student(model, storage.join(out, "student.pt"), meta=meta)
     t_eval = time.time()
     report = run_final_eval(cfg, ckpt_dir, split, out)
     timings = {"final_eval": round(time.time() - t_eval, 1)}
     report["random_teacher"] = random_teacher
-    curves = plot_curves(_histories(cfg), out / "training_curves.png")
-    outputs = {"student": str(student_path.resolve()), "eval_report": str((out / "eval_report.json").resolve()),
-               "curves": str(Path(curves).resolve()), "mask_grid": report.get("mask_grid", ""),
-               "teacher_cache": str(Path(cfg.cache.output.dir).resolve())}
+    curves = plot_curves(_histories(cfg), storage.join(out, "training_curves.png"))
+    outputs = {"student": storage.display(student_path), "eval_report": storage.display(storage.join(out, "eval_report.json")),
+               "curves": storage.display(curves), "mask_grid": report.get("mask_grid", ""),
+               "teacher_cache": storage.display(cfg.cache.output.dir)}
     if cfg.export.onnx:
         from edgesam.export.onnx_export import export_all
 
@@ -111,10 +110,12 @@ def finish_run(cfg, ckpt_dir: str, split: dict, random_teacher: bool) -> dict:
 
         # A student distilled from a random teacher is flagged as random weights for serving.
         t_export = time.time()
-        files = export_all(model, out / "onnx", checkpoint_sha256="random" if random_teacher else sha256_file(student_path))
+        onnx_dir = storage.join(out, "onnx")
+        with storage.staged_dir(onnx_dir) as local:  # the ONNX exporter writes local files; uploaded after
+            files = export_all(model, local, checkpoint_sha256="random" if random_teacher else sha256_file(student_path))
+            outputs.update({f"onnx_{k}": storage.relocate(v, local, onnx_dir) for k, v in files.items()})
         timings["onnx_export"] = round(time.time() - t_export, 1)
-        outputs.update({f"onnx_{k}": str(Path(v).resolve()) for k, v in files.items()})
     report["outputs"] = outputs
     report["timings"] = timings
-    (out / "eval_report.json").write_text(json.dumps(report, indent=2, default=str))
+    storage.write_json(storage.join(out, "eval_report.json"), report)
     return report

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from edgesam.digest import sha256_file
+from edgesam.storage import sha256 as sha256_file
 from edgesam.inference.backends import DecoderBackend, EncoderBackend
 from edgesam.inference.runtime import make_backends
 from edgesam.models import EdgeSAM, fuse_for_deploy, load_student
@@ -169,6 +169,9 @@ def load_backends(cfg: ModelSection, with_rpn: bool = False, max_prompts: int = 
     execute). Logs a loud warning on random weights."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    from edgesam import storage  # s3:// / gs:// model paths: one local copy per node, then as before
+
+    cfg = cfg.model_copy(update={k: storage.fetch(v) for k in ("checkpoint", "onnx_dir") if storage.is_uri(v := getattr(cfg, k) or "")})
     kind = resolve_kind(cfg)
     model = None
     if kind == "torch":

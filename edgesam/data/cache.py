@@ -38,6 +38,7 @@ import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
+from .. import storage
 from .transforms import PIXEL_MEAN, PIXEL_STD, ResizeLongestSide, normalize_pad
 
 CACHE_FORMAT_VERSION = 1
@@ -266,17 +267,19 @@ def write_shard(batch: pa.Table, out_dir: str, pre: Preprocessing, row_group_siz
     summary = [{"kind": "skipped", "image_id": r["image_id"], "source": r["source"], "reason": r["skip_reason"], "file": ""}
                for r in rows if r["skip_reason"]]
     if good:
-        fs, base = pafs.FileSystem.from_uri(out_dir) if "://" in out_dir else (pafs.LocalFileSystem(), str(Path(out_dir).resolve()))
+        fs, base = storage.resolve(out_dir)
         name = f"part-{uuid.uuid4().hex}.parquet"
         table = pa.Table.from_pylist([{k: r[k] for k in CACHE_SCHEMA.names} for r in good], schema=CACHE_SCHEMA)
         table = table.replace_schema_metadata(schema_metadata(pre))
-        tmp = f"{base}/.tmp-{name}"
+        # Object stores: one upload is already atomic, and a rename would copy the whole shard.
+        tmp = f"{base}/.tmp-{name}" if isinstance(fs, pafs.LocalFileSystem) else f"{base}/{name}"
         with fs.open_output_stream(tmp) as sink:
             # fp16 embeddings and JPEG bytes do not compress: skip the codec for them.
             codecs = {n: ("NONE" if n in ("embedding", "image_jpeg") else "ZSTD") for n in CACHE_SCHEMA.names}
             pq.write_table(table, sink, row_group_size=row_group_size, compression=codecs,
                            use_dictionary=["image_id", "source"])
-        fs.move(tmp, f"{base}/{name}")
+        if tmp != f"{base}/{name}":
+            fs.move(tmp, f"{base}/{name}")
         summary += [{"kind": "written", "image_id": r["image_id"], "source": r["source"], "reason": "", "file": name}
                     for r in good]
     return pa.Table.from_pylist(summary, schema=pa.schema([("kind", pa.string()), ("image_id", pa.string()),
@@ -286,24 +289,26 @@ def write_shard(batch: pa.Table, out_dir: str, pre: Preprocessing, row_group_siz
 
 # ---------------------------------------------------------------------------------------------------
 # Manifest and resume
-def shard_files(cache_dir: str | Path) -> list[Path]:
+def shard_files(cache_dir: str | Path) -> list[Path] | list[str]:
+    """Complete shards, sorted: Paths for a local cache, URIs for one in object storage."""
+    if storage.is_uri(cache_dir):
+        return storage.glob(cache_dir, "part-*.parquet")
     return sorted(Path(cache_dir).glob("part-*.parquet"))
 
 
 def scan_done_ids(cache_dir: str | Path) -> tuple[set[str], list[str]]:
     """Ids in complete shards; leftover temp files and unreadable shards are removed and reported."""
-    cache_dir = Path(cache_dir)
     removed = []
-    for tmp in cache_dir.glob(".tmp-part-*"):
-        tmp.unlink(missing_ok=True)
-        removed.append(f"{tmp.name}: unfinished temp shard removed")
+    for tmp in storage.glob(cache_dir, ".tmp-part-*"):
+        storage.remove(tmp)
+        removed.append(f"{storage.name(tmp)}: unfinished temp shard removed")
     done: set[str] = set()
     for f in shard_files(cache_dir):
         try:
             ids = pq.read_table(f, columns=["image_id"]).column("image_id").to_pylist()
         except Exception as exc:  # noqa: BLE001
-            f.unlink(missing_ok=True)
-            removed.append(f"{f.name}: unreadable shard removed ({exc})")
+            storage.remove(f)
+            removed.append(f"{storage.name(f)}: unreadable shard removed ({exc})")
             continue
         done.update(ids)
     return done, removed
@@ -319,11 +324,11 @@ def cache_identity(teacher_identity: dict, pre: Preprocessing) -> dict:
 
 def check_identity(cache_dir: str | Path, identity: dict) -> dict | None:
     """Return the existing manifest (or None); raise CacheMismatchError if its identity differs."""
-    path = Path(cache_dir) / MANIFEST
-    if not path.is_file():
+    path = storage.join(cache_dir, MANIFEST)
+    if not storage.is_file(path):
         return None
     try:
-        manifest = json.loads(path.read_text())
+        manifest = storage.read_json(path)
     except json.JSONDecodeError as exc:
         raise CacheMismatchError(f"{path} is not valid JSON ({exc}); move the cache away or repair it") from exc
     old = manifest.get("identity")
@@ -348,22 +353,18 @@ def _diff(a: dict, b: dict, prefix: str = "") -> str:
     return "; ".join(parts)
 
 
-def write_manifest(cache_dir: str | Path, manifest: dict) -> Path:
-    path = Path(cache_dir) / MANIFEST
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    tmp.replace(path)
-    return path
+def write_manifest(cache_dir: str | Path, manifest: dict) -> str:
+    return storage.write_json(storage.join(cache_dir, MANIFEST), manifest)  # atomic (temp + rename, or one PUT)
 
 
 # ---------------------------------------------------------------------------------------------------
 # Readers for training (no Ray)
 def load_manifest(cache_dir: str | Path, expect: dict | None = None) -> dict:
     """Validate and return the manifest; ``expect`` is a partial identity that must match (e.g. img_size)."""
-    path = Path(cache_dir) / MANIFEST
-    if not path.is_file():
+    path = storage.join(cache_dir, MANIFEST)
+    if not storage.is_file(path):
         raise FileNotFoundError(f"not a teacher cache: {path} is missing")
-    manifest = json.loads(path.read_text())
+    manifest = storage.read_json(path)
     if manifest.get("status") != "complete":
         raise ValueError(f"teacher cache {cache_dir} is not complete (status {manifest.get('status')!r}); rerun the caching job")
     pre = manifest["identity"]["preprocessing"]
@@ -409,7 +410,7 @@ class TeacherCacheDataset(torch.utils.data.Dataset):
         self.files = shard_files(cache_dir)
         self.index: list[tuple[int, int]] = []
         for fi, f in enumerate(self.files):
-            self.index += [(fi, r) for r in range(pq.ParquetFile(f).metadata.num_rows)]
+            self.index += [(fi, r) for r in range(pq.read_metadata(f).num_rows)]
         self._cache: tuple[int, pa.Table] | None = None
 
     def __len__(self) -> int:

@@ -31,6 +31,7 @@ from typing import Any, BinaryIO, Iterable, Iterator
 
 import numpy as np
 
+from .. import storage
 from .images import IMAGE_EXTENSIONS
 from .records import Item, RawRecord, Skipped
 
@@ -140,13 +141,13 @@ def _open_binary(path: str, filesystem: Any = None) -> BinaryIO:
     """A readable binary stream of ``path``: a local file, or ``filesystem.open_input_stream(path)`` for a
     ``pyarrow.fs.FileSystem`` (object storage). Sequential reads only: nothing is loaded whole."""
     if filesystem is None:
-        return open(path, "rb")
-    return filesystem.open_input_stream(path)
+        return storage.open_input_stream(path) if storage.is_uri(path) else open(path, "rb")  # s3:// tars: buffered GETs
+    return filesystem.open_input_stream(path, buffer_size=storage.REMOTE_BUFFER)
 
 
 def _file_size(path: str, filesystem: Any = None) -> int:
     if filesystem is None:
-        return os.path.getsize(path)
+        return storage.size(path) if storage.is_uri(path) else os.path.getsize(path)
     return int(filesystem.get_file_info(path).size)
 
 
@@ -495,6 +496,8 @@ def _has_sa1b_pairs(root: Path) -> bool:
 def detect_format(path: str | Path) -> str:
     """One of ``FORMATS`` for ``path``, by the rules in this module's docstring (tar, coco, sa1b-folder,
     images, checked in that order). Raises ``FileNotFoundError`` when ``path`` does not exist."""
+    if storage.is_uri(path):
+        return _detect_remote(str(path))
     p = Path(path)
     if p.is_file():
         if p.name.lower().endswith((".tar", ".tar.gz", ".tgz")):
@@ -513,12 +516,26 @@ def detect_format(path: str | Path) -> str:
     return "images"
 
 
+def _detect_remote(uri: str) -> str:
+    """Object storage holds SA-1B tars (one ``.tar`` or a prefix of them), streamed by the tar reader."""
+    if storage.is_file(uri) and uri.lower().endswith((".tar", ".tar.gz", ".tgz")):
+        return "sa1b-tar"
+    if storage.is_dir(uri) and storage.glob(uri, "*.tar"):
+        return "sa1b-tar"
+    if not storage.exists(uri):
+        raise FileNotFoundError(f"dataset path not found: {uri}")
+    raise ValueError(f"{uri}: from object storage the cache reads SA-1B tars (a .tar object or a prefix holding "
+                     "*.tar); copy folders and COCO sets to a local or shared file system")
+
+
 def list_sources(path: str | Path, fmt: str | None = None) -> list[str]:
     """The independent units of work under ``path``: each tar shard (sorted) for ``sa1b-tar``; the folder
     itself for the other formats. ``fmt`` defaults to :func:`detect_format`."""
     fmt = fmt or detect_format(path)
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
+    if storage.is_uri(path):
+        return storage.glob(path, "*.tar") if fmt == "sa1b-tar" and storage.is_dir(path) else [str(path)]
     p = Path(path)
     if fmt == "sa1b-tar" and p.is_dir():
         return [str(t) for t in sorted(p.glob("*.tar")) if t.is_file()]

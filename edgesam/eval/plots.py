@@ -4,6 +4,7 @@ Uses matplotlib's object API with the Agg canvas (no pyplot, no global backend s
 """
 from __future__ import annotations
 
+import io
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -27,10 +28,17 @@ def _ema(values: np.ndarray) -> np.ndarray:
     return out
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
+def _save(fig: Figure, path: str | Path) -> Path | str:
+    """PNG to a local path (a Path comes back) or an s3:// / gs:// URI (the URI comes back)."""
+    from .. import storage
+
+    FigureCanvasAgg(fig)
+    if storage.is_uri(path):
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        return storage.write_bytes(path, buf.getvalue())
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(fig)
     fig.savefig(path, format="png")
     return path
 

@@ -140,10 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edgesam.export",
                                      description="Export EdgeSAM's encoder and decoder to ONNX (see edgesam/export/onnx_export.py for the I/O).")
     src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", type=Path, help="official edge_sam.pth or a checkpoint written by save_student")
+    src.add_argument("--checkpoint", help="official edge_sam.pth or a checkpoint written by save_student")
     src.add_argument("--random", action="store_true", help="random weights (shape/speed testing only)")
     parser.add_argument("--img-size", type=int, default=1024, help="padded square input side S (multiple of 64)")
-    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--out", required=True, help="output directory (local, s3:// or gs://)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     parser.add_argument("--no-fuse", action="store_true", help="export the encoder without RepVGG/BN fusion")
     parser.add_argument("--cubic-resize", action="store_true",
@@ -167,18 +167,21 @@ def main(argv: list[str] | None = None) -> int:
 
         model, _ = load_student(args.checkpoint, args.img_size)
         digest = sha256_file(args.checkpoint)
-    if wants_flavor(args):
-        paths = export_flavor(model, args.out, args.flavor, args.encoder_input, fuse=not args.no_fuse, opset=args.opset,
-                              checkpoint_sha256=digest, sam_single_mask=not args.sam_multimask,
-                              cubic_as_conv=not args.cubic_resize)
-        args.no_verify = True  # _verify drives the native graphs; tests/test_onnx_flavors.py drives the flavours
-    else:
-        paths = export_all(model, args.out, fuse=not args.no_fuse, opset=args.opset, checkpoint_sha256=digest,
-                           cubic_as_conv=not args.cubic_resize)
-    for k, p in paths.items():
-        print(f"{k}: {p} ({p.stat().st_size / 1e6:.1f} MB)")
-    if not args.no_verify:
-        print(_verify(model, paths))
+    from .. import storage
+
+    with storage.staged_dir(args.out) as out:  # written locally, uploaded at the end for s3:// / gs://
+        if wants_flavor(args):
+            paths = export_flavor(model, out, args.flavor, args.encoder_input, fuse=not args.no_fuse, opset=args.opset,
+                                  checkpoint_sha256=digest, sam_single_mask=not args.sam_multimask,
+                                  cubic_as_conv=not args.cubic_resize)
+            args.no_verify = True  # _verify drives the native graphs; tests/test_onnx_flavors.py drives the flavours
+        else:
+            paths = export_all(model, out, fuse=not args.no_fuse, opset=args.opset, checkpoint_sha256=digest,
+                               cubic_as_conv=not args.cubic_resize)
+        for k, p in paths.items():
+            print(f"{k}: {storage.relocate(p, out, args.out)} ({p.stat().st_size / 1e6:.1f} MB)")
+        if not args.no_verify:
+            print(_verify(model, paths))
     if args.random:
         print(_random_warning(), file=sys.stderr, flush=True)
     return 0

@@ -32,7 +32,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from ..digest import sha256_file
+from ..storage import sha256 as sha256_file
 from .onnx_export import FP32_SCOPES_KEY
 from .onnx_export import _fp32_scopes as scan_fp32_scopes
 from .trt_common import (PRECISIONS, TRT_MISSING, DecoderProfile, EncoderProfile, file_lock,  # noqa: F401

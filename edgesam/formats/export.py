@@ -10,13 +10,12 @@ from it, so a resumed run rewrites them all consistently:
 """
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field
 
+from edgesam import storage
 from edgesam.config import StrictModel
 from edgesam.data.rle import decode_rle
 
@@ -47,39 +46,35 @@ def check_formats(formats: list[str]) -> list[str]:
 Formats = Annotated[list[ExportFormat], AfterValidator(check_formats)]
 
 
-def _write_json(path: Path, obj: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)
+def _write_json(path: str | Path, obj: object) -> None:
+    storage.write_json(path, obj, indent=None)  # atomic: temp + rename locally, one PUT on s3:// / gs://
 
 
 def _write_yolo(out_dir: Path, coco: dict, cfg: ExportCfg) -> None:
     from .yolo_seg import mask_to_lines
 
-    root = out_dir / FILES["yolo"]
+    root = storage.join(out_dir, FILES["yolo"])
     by_image: dict[int, list[dict]] = {}
     for a in coco["annotations"]:
         by_image.setdefault(a["image_id"], []).append(a)
     for im in coco["images"]:
         lines = [ln for a in by_image.get(im["id"], [])
                  for ln in mask_to_lines(decode_rle(a["segmentation"]), 0, cfg.polygon_tolerance)]
-        path = (root / "labels" / im["file_name"]).with_suffix(".txt")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(ln + "\n" for ln in lines))
-    (root / "data.yaml").write_text("# YOLO segmentation labels from EdgeSAM auto-annotation (class-agnostic).\n"
+        path = storage.join(root, "labels", Path(im["file_name"]).with_suffix(".txt").as_posix())
+        storage.write_text(path, "".join(ln + "\n" for ln in lines))
+    storage.write_text(storage.join(root, "data.yaml"), "# YOLO segmentation labels from EdgeSAM auto-annotation (class-agnostic).\n"
                                     "# labels/<path>.txt mirror the --input tree; point 'path' at a dataset root\n"
                                     "# with images/ beside labels/ to train.\nnames:\n  0: object\n")
 
 
-def write_formats(out_dir: Path, coco: dict, formats: list[str], cfg: ExportCfg) -> dict[str, str]:
+def write_formats(out_dir: str | Path, coco: dict, formats: list[str], cfg: ExportCfg) -> dict[str, str]:
     """Write ``coco`` (COCO dict, RLE masks) in each of ``formats`` under ``out_dir`` -> {format: path}."""
     from .coco_polygons import coco_with_polygons
     from .label_studio_tasks import tasks_from_coco
 
     written = {}
     for fmt in check_formats(list(formats)):
-        path = out_dir / FILES[fmt]
+        path = storage.join(out_dir, FILES[fmt])  # local, s3:// or gs://
         if fmt == "coco_rle":
             _write_json(path, coco)
         elif fmt == "coco_polygons":
@@ -88,5 +83,5 @@ def write_formats(out_dir: Path, coco: dict, formats: list[str], cfg: ExportCfg)
             _write_yolo(out_dir, coco, cfg)
         else:
             _write_json(path, tasks_from_coco(coco, cfg.label_studio, cfg.polygon_tolerance))
-        written[fmt] = str(path.resolve())
+        written[fmt] = storage.display(path)
     return written

@@ -51,13 +51,15 @@ def _read_state(checkpoint: str | Path | Mapping[str, Any]) -> tuple[Mapping[str
     else:
         import argparse
 
-        path = Path(checkpoint)
-        if not path.is_file():
+        from .. import storage
+
+        path = str(checkpoint)  # local, s3:// or gs://
+        if not storage.is_file(path):
             raise BackboneCheckpointError(f"student.backbone_checkpoint not found: {path}")
-        source = str(path)
+        source = path
         try:  # training checkpoints may carry the argparse Namespace of the run next to "model"
             with torch.serialization.safe_globals([argparse.Namespace]):
-                obj = torch.load(path, map_location="cpu", weights_only=True)
+                obj = storage.torch_load(path, weights_only=True)
         except Exception as exc:  # noqa: BLE001 - an unpickling error names the offending global
             raise BackboneCheckpointError(f"{path} cannot be read as a weights-only checkpoint ({exc}); extract its state dict "
                              "with torch.save({'model': torch.load(p, weights_only=False)['model']}, out)") from exc

@@ -11,6 +11,7 @@ from typing import Any, Mapping
 
 import torch
 
+from .. import storage
 from .edgesam import EdgeSAM
 
 
@@ -47,10 +48,9 @@ def load_student(path: str | Path, img_size: int = 1024, map_location: str = "cp
     Returns ``(model, extras)``; ``extras`` holds our checkpoint's other entries (``rpn``, ``meta``).
     The RPN, when present, is attached as ``model.rpn``.
     """
-    path = Path(path)
-    if not path.is_file():
+    if not storage.is_file(path):  # local, s3:// or gs://
         raise FileNotFoundError(f"student checkpoint not found: {path}")
-    obj = torch.load(path, map_location=map_location, weights_only=True)
+    obj = storage.torch_load(path, map_location=map_location, weights_only=True)
     state, extras = _unwrap(obj)
     model = EdgeSAM(img_size)
     load_state_dict_strict(model, {k: v for k, v in state.items() if not k.startswith("rpn.")}, what=str(path))
@@ -68,15 +68,14 @@ def core_state_dict(model: EdgeSAM) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if not k.startswith("rpn.")}
 
 
-def save_student(model: EdgeSAM, path: str | Path, meta: dict | None = None) -> Path:
-    """Write ``{"model", "rpn", "meta"}``; the ``model`` entry alone is an official-format state dict."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
+def save_student(model: EdgeSAM, path: str | Path, meta: dict | None = None) -> Path | str:
+    """Write ``{"model", "rpn", "meta"}``; the ``model`` entry alone is an official-format state dict.
+
+    ``path`` may be an s3:// / gs:// URI (returned as given); the write is atomic either way.
+    """
     meta = dict(meta or {})
     if model.rpn is not None and "rpn_config" not in meta and hasattr(model.rpn, "build_config"):
         meta["rpn_config"] = model.rpn.build_config  # the head's shape: load_student rebuilds it from this
-    torch.save({"model": core_state_dict(model), "rpn": model.rpn.state_dict() if model.rpn is not None else None,
-                "meta": meta}, tmp)
-    tmp.replace(path)
-    return path
+    obj = {"model": core_state_dict(model), "rpn": model.rpn.state_dict() if model.rpn is not None else None, "meta": meta}
+    storage.torch_save(obj, path)
+    return path if storage.is_uri(path) else Path(path)

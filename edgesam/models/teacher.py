@@ -6,6 +6,7 @@ decode path (box corners and "ignore" labels in the point stream).
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -15,7 +16,8 @@ from segment_anything import sam_model_registry
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from torch import nn
 
-from ..digest import sha256_file  # noqa: F401  (re-exported)
+from .. import storage
+from ..storage import sha256 as sha256_file  # noqa: F401  (re-exported: local files and s3:// / gs:// objects)
 from .prompt_decoder import PromptDecoder, build_mask_decoder, build_prompt_encoder
 
 REGISTRY_NAMES = ("vit_h", "vit_l", "vit_b")
@@ -142,9 +144,10 @@ def build_teacher(name: str = "tiny", checkpoint: str | Path | None = None, img_
         if img_size != 1024:
             raise ValueError("SAM registry teachers run at 1024 (their positional embeddings are fixed)")
         ckpt = str(checkpoint) if checkpoint else None
-        if ckpt and not Path(ckpt).is_file():
+        if ckpt and not storage.is_file(ckpt):
             raise FileNotFoundError(f"SAM checkpoint not found: {ckpt}")
-        sam = sam_model_registry[name](checkpoint=ckpt)
+        with storage.local_copy(ckpt) if ckpt else nullcontext() as local:  # the registry opens a local file
+            sam = sam_model_registry[name](checkpoint=local)
         digest = sha256_file(ckpt) if ckpt else None
         return SamTeacher(sam.image_encoder, _prompt_decoder_from(sam.prompt_encoder, sam.mask_decoder, 1024),
                           1024, name, digest)
@@ -173,7 +176,7 @@ def build_teacher(name: str = "tiny", checkpoint: str | Path | None = None, img_
     pd = PromptDecoder(build_prompt_encoder(img_size), build_mask_decoder())
     digest = None
     if checkpoint:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        state = storage.torch_load(checkpoint, weights_only=True)
         encoder.load_state_dict({k[len("image_encoder."):]: v for k, v in state.items() if k.startswith("image_encoder.")})
         pd.load_state_dict({k: v for k, v in state.items() if not k.startswith("image_encoder.")})
         digest = sha256_file(checkpoint)
@@ -192,7 +195,7 @@ def build_teacher_prompt_decoder(name: str = "tiny", checkpoint: str | Path | No
         return build_teacher(name, checkpoint, img_size, seed=seed).prompt_decoder.requires_grad_(False).eval()
     pd = PromptDecoder(build_prompt_encoder(img_size), build_mask_decoder())
     if checkpoint:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        state = storage.torch_load(checkpoint, weights_only=True)
         pd.load_state_dict({k: v for k, v in state.items() if k.startswith(("prompt_encoder.", "mask_decoder."))})
     else:
         torch.manual_seed(seed)
