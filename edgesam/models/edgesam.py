@@ -8,12 +8,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..data.transforms import PIXEL_MEAN, PIXEL_STD  # SAM's pixel statistics, defined once
 from .prompt_decoder import (EdgeMaskDecoder, EdgePromptEncoder, PromptDecoder, build_mask_decoder,
                              build_prompt_encoder, decode_prompts)
 from .repvit import EncoderConfig, RepViTEncoder
 
-PIXEL_MEAN = (123.675, 116.28, 103.53)
-PIXEL_STD = (58.395, 57.12, 57.375)
 
 
 class EdgeSAM(nn.Module):
