@@ -108,7 +108,9 @@ api = FastAPI(
     title="EdgeSAM on Ray Serve",
     version="0.1.0",
     description="Promptable segmentation (points, boxes) and segment-everything with an EdgeSAM student. "
-                "Images travel as bytes or base64 only; URLs are never fetched. Errors are `{\"error\": ...}`.",
+                "Images travel as bytes or base64 only; the /v1 routes never fetch URLs (only the Label Studio "
+                "backend does, with size and time limits and an optional host allowlist). "
+                "Errors are `{\"error\": ...}`.",
 )
 api.add_middleware(BodyLimitMiddleware)
 for _router in integration_routers():  # Label Studio, X-AnyLabeling, CVAT backends (serve/integrations)
