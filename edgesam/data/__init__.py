@@ -4,8 +4,11 @@ Modules (import them directly; this package file stays light so ``edgesam.data.t
 OpenCV or pycocotools):
 
 * :mod:`edgesam.data.records`: ``RawRecord`` / ``Skipped``, what readers yield;
-* :mod:`edgesam.data.readers`: ``iter_sa1b_tar``, ``iter_sa1b_folder``, ``iter_coco``, ``iter_image_folder``,
-  ``detect_format`` / ``list_sources`` / ``iter_source`` / ``iter_any``;
+* :mod:`edgesam.data.readers`: ``detect_format`` / ``list_sources`` / ``iter_source`` / ``iter_any``, and the
+  readers ``iter_sa1b_tar`` (:mod:`~edgesam.data.sa1b_tar`), ``iter_sa1b_folder`` / ``iter_image_folder``
+  (:mod:`~edgesam.data.folders`), ``iter_coco`` (:mod:`~edgesam.data.coco_reader`), local or ``s3://``
+  (listing and reading through :mod:`~edgesam.data.dataset_files`; SA-1B JSON checks in
+  :mod:`~edgesam.data.sa1b_json`);
 * :mod:`edgesam.data.images`: ``decode_image`` (bytes -> RGB uint8), ``ImageDecodeError``, ``IMAGE_EXTENSIONS``;
 * :mod:`edgesam.data.rle`: COCO RLE through pycocotools (``encode_mask(s)``, ``decode_rle``,
   ``decode_segmentation``, ``mask_to_bbox``, ``rle_area``);
