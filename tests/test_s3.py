@@ -2,7 +2,7 @@
 
 The storage helpers on local paths and s3:// alike; the main job with its teacher cache and run storage on
 s3:// (killed mid step 1, resubmitted, then resubmitted again); and an annotation run reading its images
-from s3:// and writing its COCO JSON there.
+from s3:// and writing its COCO JSON there. Datasets read from a bucket: tests/test_s3_data.py.
 """
 from __future__ import annotations
 
@@ -131,37 +131,6 @@ def test_model_paths_on_s3(s3, tmp_path):
     x = torch.zeros(1, 3, 256, 256)
     with torch.no_grad():
         assert torch.allclose(again.embed(x), teacher.embed(x))
-
-
-@pytest.mark.timeout(120)
-def test_sa1b_tars_stream_from_s3(s3, tmp_path):
-    """SA-1B tars in a bucket: detected, listed and streamed by the read units exactly as local tars are."""
-    from edgesam.data.read_units import iter_unit, plan_units
-    from edgesam.data.readers import detect_format
-    from edgesam.data.records import RawRecord
-    from edgesam.data.synthetic import write_sa1b_shards
-
-    bucket = make_bucket("edgesam-data")
-    tars = write_sa1b_shards(tmp_path / "sa1b", num_images=6, images_per_shard=3, seed=4)
-    for t in tars:
-        storage.upload(t, f"{bucket}/sa1b/{Path(t).name}")
-    storage.write_bytes(f"{bucket}/sa1b/README.txt", b"not a shard")
-    assert detect_format(f"{bucket}/sa1b") == detect_format(f"{bucket}/sa1b/{Path(tars[0]).name}") == "sa1b-tar"
-
-    def records(src: str) -> dict[str, tuple]:
-        units = plan_units(src)
-        items = [it for u in units for it in iter_unit(u)]
-        assert all(isinstance(it, RawRecord) for it in items), items
-        return {it.image_id: (it.image_bytes, it.annotations) for it in items}, units
-
-    remote, units = records(f"{bucket}/sa1b")
-    local, _ = records(str(tmp_path / "sa1b"))
-    assert [u["source"] for u in units] == [f"{bucket}/sa1b/{Path(t).name}" for t in tars]
-    assert len(remote) == 6 and remote == local
-    with pytest.raises(ValueError, match="SA-1B tars"):
-        detect_format(f"{bucket}/sa1b/README.txt")
-    with pytest.raises(FileNotFoundError):
-        detect_format(f"{bucket}/nothing-here")
 
 
 def _bucket_files(uri: str) -> list[str]:
