@@ -249,6 +249,7 @@ def test_coco_broken_json_and_detection(tmp_path):
     recs, skips = split(iter_any(root))
     assert len(recs) == 2 and skips == []
     assert len(split(iter_source(str(js), "coco"))[0]) == 2  # one instances file as the source
+    assert detect_format(js) == "coco"
     # the usual COCO layout: annotations/instances_val2017.json + val2017/
     coco = tmp_path / "coco2017"
     (coco / "annotations").mkdir(parents=True)
@@ -257,6 +258,9 @@ def test_coco_broken_json_and_detection(tmp_path):
     assert detect_format(coco) == "coco"
     assert [r.image_id for r in split(iter_any(coco))[0]] == [r.image_id for r in recs]
     bad = tmp_path / "bad.json"
+    bad.write_text('{"x": 1}')
+    with pytest.raises(ValueError, match="cannot tell"):
+        detect_format(bad)  # a JSON that is no COCO instances file
     bad.write_text('{"images": [')
     recs, skips = split(iter_coco(images_dir, bad))
     assert recs == [] and len(skips) == 1 and skips[0].source == str(bad)
