@@ -153,6 +153,7 @@ def ray_s3(s3):
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_cache_pipeline_reads_image_folder_and_coco_set_from_s3(ray_s3, tmp_path):
     """``data.source=s3://...`` for an image folder and a COCO set: every good image cached once, in read
