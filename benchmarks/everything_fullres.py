@@ -150,8 +150,8 @@ def floor_gmacs(model, prompts: float) -> dict:
 def render(rows: list[tuple[str, dict]], floor: dict, cmd: str, desc: str, settings: dict, info: dict) -> str:
     lines = [f"Command: `{cmd}`", "",
              f"Machine: {info['cpu']}, ISA {info['isa']}; 1 intra-op thread per variant (one annotation actor); "
-             f"1-min load average {info['load_start']:.1f} at start, {info['load_end']:.1f} at end: the 2 cores are "
-             "shared by 8 helpers, so absolute seconds are inflated several-fold; each variant's ratio to the floor "
+             f"1-min load average {info['load_start']:.1f} at start, {info['load_end']:.1f} at end (2 cores shared "
+             "with other jobs); each variant's ratio to the floor "
              "uses the matmul rate measured in its own process around its images.", "",
              f"Images: {desc}. Weights: {info['weights']}. Settings: "
              + ", ".join(f"{k}={v}" for k, v in settings.items()) + ". Floor per image: "

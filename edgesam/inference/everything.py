@@ -9,7 +9,7 @@ RPN mode (default), per image or crop:
     only the kept masks are resized (once, over their bounding box) to the original size and run-length
     encoded, with area and bbox from the same pass -> area filter. Across crops: NMS on RLE IoU.
     Torch backends (``decode_tensors``) keep the embedding and logits on their device (CUDA): token selection,
-    filters, NMS, resize and threshold run there and bit-packed boxes come back for RLE.
+    filters and NMS run there; only the kept low-res logits come to the host for the RLE.
     ``timings`` accumulates seconds per stage (encoder + RPN, decoder, post-processing).
 Grid mode: SAM's ``points_per_side``^2 single-point prompts in decoder calls of ``points_per_batch``, same
 filters and output, for comparison.
@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal
 
 import numpy as np
 import torch
@@ -41,10 +41,15 @@ from pydantic import Field
 
 from ..config import StrictModel
 from ..data.transforms import ResizeLongestSide, preprocess
-from ..models.rpn import RPN_ONNX_FILE, RPN_ONNX_OUTPUTS, EncoderWithRPN, select_proposals
+from ..models.rpn import RPN_ONNX_FILE, select_proposals
 from . import amg_utils as U
 from .backends import DecoderBackend, EncoderBackend
 from .lowres_post import LowRes, Upsampler, filter_lowres, lowres_boxes_in_crop, lowres_nms, masks_to_rles
+from .rpn_backends import OrtRpnEncoder, RpnEncoderBackend, TorchRpnEncoder
+
+__all__ = ["EverythingConfig", "EverythingGenerator", "candidates_from_logits",
+           # encoder + RPN backends (edgesam.inference.rpn_backends), importable from here as before
+           "OrtRpnEncoder", "RpnEncoderBackend", "TorchRpnEncoder"]
 
 
 class EverythingConfig(StrictModel):
@@ -87,60 +92,6 @@ class EverythingConfig(StrictModel):
         """Prompts per decoder call on ``device`` ("cpu", "cuda", "cuda:1", ...; unknown kinds use the CPU's)."""
         kind = str(device).split(":", 1)[0]
         return max(1, int(self.decoder_chunk.get(kind, self.decoder_chunk.get("cpu", 16))))
-
-
-# -- encoder + RPN backends ------------------------------------------------------------------------------
-class RpnEncoderBackend(Protocol):
-    """images (1,3,S,S) float32 normalised padded -> (embedding (1,256,S/16,S/16), boxes (1,L,4) XYXY S frame,
-    scores (1,L)), numpy float32."""
-
-    img_size: int
-    name: str
-
-    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
-
-
-class TorchRpnEncoder:
-    """Student encoder + RPN in PyTorch (one ``forward_features`` pass)."""
-
-    def __init__(self, image_encoder: torch.nn.Module, rpn: torch.nn.Module, img_size: int, device: str = "cpu") -> None:
-        self.module = EncoderWithRPN(image_encoder, rpn).to(device).eval()
-        self.img_size = img_size
-        self.device = device
-        self.name = f"torch-{device}"
-
-    @torch.inference_mode()
-    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return tuple(t.float().cpu().numpy() for t in self.tensors(images))  # type: ignore[return-value]
-
-    @torch.inference_mode()
-    def tensors(self, images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """As ``__call__``, but torch tensors left on ``device`` (the embedding never visits the host)."""
-        return self.module(torch.as_tensor(images, dtype=torch.float32, device=self.device))
-
-
-class OrtRpnEncoder:
-    """``rpn.onnx`` in ONNX Runtime (see :func:`edgesam.models.rpn.export_rpn_onnx`)."""
-
-    def __init__(self, path: str | Path, providers=None, threads: int | None = None) -> None:
-        from .ort_backend import CUDA_EP, make_session
-
-        self.path = Path(path)
-        self.session = make_session(self.path, providers, threads)
-        outs = tuple(o.name for o in self.session.get_outputs())
-        if outs != RPN_ONNX_OUTPUTS:
-            raise ValueError(f"{self.path} is not an EdgeSAM rpn graph: outputs {list(outs)}, expected {list(RPN_ONNX_OUTPUTS)}")
-        inp = self.session.get_inputs()[0]
-        self.input_name = inp.name
-        self.img_size = int(inp.shape[2])
-        self.name = "onnxruntime-cuda" if self.session.get_providers()[0] == CUDA_EP else "onnxruntime-cpu"
-
-    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        x = np.ascontiguousarray(images, dtype=np.float32)
-        if x.shape != (1, 3, self.img_size, self.img_size):
-            raise ValueError(f"images must have shape (1,3,{self.img_size},{self.img_size}), got {x.shape}")
-        emb, boxes, scores = self.session.run(list(RPN_ONNX_OUTPUTS), {self.input_name: x})
-        return emb, boxes, scores
 
 
 def candidates_from_logits(logits: np.ndarray | torch.Tensor, iou: np.ndarray | torch.Tensor, cfg: EverythingConfig,
