@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from edgesam.progress import progress_bar
+
 VERBOSE_ENV = "EDGESAM_VERBOSE"
 _ACTIVE: "RunOutput | None" = None
 
@@ -160,14 +162,6 @@ class RunOutput:
             print(f"  {k:<14} {v}")
         stages = ", ".join(f"{k} {v:.0f}s" for k, v in self.timings.items() if k != "total")
         print(f"  {'time':<14} {stages}", flush=True)
-
-
-def progress_bar(**kwargs):
-    """A tqdm bar on stderr; refreshes at most every 5 s when stderr is not a terminal (log files)."""
-    from tqdm import tqdm
-
-    interactive = sys.stderr.isatty()
-    return tqdm(mininterval=0.5 if interactive else 5.0, dynamic_ncols=interactive, file=sys.stderr, **kwargs)
 
 
 def collect_rows(ds, desc: str, unit: str = "img", total: int | None = None) -> list[dict]:
