@@ -164,11 +164,19 @@ class RunOutput:
         print(f"  {'time':<14} {stages}", flush=True)
 
 
-def collect_rows(ds, desc: str, unit: str = "img", total: int | None = None) -> list[dict]:
-    """Execute a Ray Dataset from the driver, counting its output rows on one bar; returns the rows."""
-    rows = []
+def collect_rows(ds, desc: str, unit: str = "img", total: int | None = None, rate_of: str | None = None,
+                 rate_unit: str = "") -> list[dict]:
+    """Execute a Ray Dataset from the driver, counting its output rows on one bar; returns the rows.
+
+    ``rate_of``: a numeric column whose sum per second of wall time the bar shows as ``rate_unit`` (e.g. the
+    masks per image as ``masks/s``).
+    """
+    rows, amount, t0 = [], 0.0, time.time()
     with progress_bar(desc=desc, unit=unit, total=total) as bar:
         for row in ds.iter_rows():
             rows.append(dict(row))
+            if rate_of:
+                amount += float(row[rate_of])
+                bar.set_postfix({rate_unit or rate_of: f"{amount / max(time.time() - t0, 1e-6):.1f}"}, refresh=False)
             bar.update(1)
     return rows
