@@ -30,7 +30,7 @@ from edgesam.data import cache as C
 DEFAULT_SAMPLE = "data/sample"
 
 
-class DataCfg(StrictModel):
+class CacheDataCfg(StrictModel):
     source: str = DEFAULT_SAMPLE  # tar shard, folder of shards, SA-1B folder, COCO set or image folder
     format: Literal["auto", "sa1b-tar", "sa1b-folder", "coco", "images"] = "auto"
     synthetic_if_missing: bool = True  # generate the synthetic sample set at `source` if it does not exist
@@ -39,13 +39,13 @@ class DataCfg(StrictModel):
     images_per_read_task: int = 64  # COCO sets and folders are cut into read tasks of this many images
 
 
-class TeacherCfg(StrictModel):
+class CacheTeacherCfg(StrictModel):
     name: str = "tiny"  # tiny | vit_b | vit_l | vit_h | sam_micro_128 | sam_small_256 (pipelines/train_teacher.py)
     checkpoint: str | None = None  # e.g. /models/sam_vit_h_4b8939.pth
     tiny_seed: int = 0
 
 
-class ComputeCfg(StrictModel):
+class CacheComputeCfg(StrictModel):
     min_actors: int = 1
     max_actors: int = 1  # > min_actors lets the pool (and an autoscaling cluster) grow
     num_cpus_per_actor: float = 0.5  # fractional on small machines: whole-CPU actors can starve readers
@@ -62,18 +62,18 @@ class ComputeCfg(StrictModel):
     max_inflight_mib: int | None = 2048  # object-store MiB the job may fill before readers pause (None: Ray's default)
 
 
-class OutputCfg(StrictModel):
+class CacheOutputCfg(StrictModel):
     dir: str = "runs/quickstart/cache"
     rows_per_file: int = 32
     row_group_size: int = 16
 
 
 class CacheConfig(StrictModel):
-    data: DataCfg = DataCfg()
-    teacher: TeacherCfg = TeacherCfg()
+    data: CacheDataCfg = CacheDataCfg()
+    teacher: CacheTeacherCfg = CacheTeacherCfg()
     preprocessing: C.Preprocessing = C.Preprocessing(img_size=256)
-    compute: ComputeCfg = ComputeCfg()
-    output: OutputCfg = OutputCfg()
+    compute: CacheComputeCfg = CacheComputeCfg()
+    output: CacheOutputCfg = CacheOutputCfg()
     ray_address: str | None = None
 
 
@@ -103,8 +103,8 @@ def resolve_units(cfg: CacheConfig) -> tuple[list[dict], str]:
 
 
 @contextlib.contextmanager
-def _bounded_memory(comp: ComputeCfg) -> Iterator[None]:
-    """Block size and in-flight bytes for the datasets built inside (see ComputeCfg.read_block_mib).
+def _bounded_memory(comp: CacheComputeCfg) -> Iterator[None]:
+    """Block size and in-flight bytes for the datasets built inside (see CacheComputeCfg.read_block_mib).
 
     A Dataset copies the current DataContext when it is created, so the global one is restored afterwards.
     """

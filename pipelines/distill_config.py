@@ -91,7 +91,7 @@ class RpnCfg(StrictModel):
     num_convs: int = 2
 
 
-class ExportCfg(StrictModel):
+class DistillExportCfg(StrictModel):
     onnx: bool = True
 
 
@@ -104,7 +104,7 @@ class DistillConfig(StrictModel):
     train: TrainCfg = TrainCfg()
     eval: EvalCfg = EvalCfg()
     rpn: RpnCfg = RpnCfg()
-    export: ExportCfg = ExportCfg()
+    export: DistillExportCfg = DistillExportCfg()
     output_dir: str | None = None  # default: <storage_path>/<name>
     ray_address: str | None = None
 

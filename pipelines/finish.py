@@ -112,7 +112,8 @@ def finish_run(cfg, ckpt_dir: str, split: dict, random_teacher: bool) -> dict:
         t_export = time.time()
         onnx_dir = storage.join(out, "onnx")
         with storage.staged_dir(onnx_dir) as local:  # the ONNX exporter writes local files; uploaded after
-            files = export_all(model, local, checkpoint_sha256="random" if random_teacher else sha256_file(student_path))
+            files = export_all(model, local, checkpoint_sha256="random" if random_teacher else sha256_file(student_path),
+                               progress=True)
             outputs.update({f"onnx_{k}": storage.relocate(v, local, onnx_dir) for k, v in files.items()})
         timings["onnx_export"] = round(time.time() - t_export, 1)
     report["outputs"] = outputs

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from edgesam.progress import progress_bar
+
 VERBOSE_ENV = "EDGESAM_VERBOSE"
 _ACTIVE: "RunOutput | None" = None
 
@@ -162,19 +164,19 @@ class RunOutput:
         print(f"  {'time':<14} {stages}", flush=True)
 
 
-def progress_bar(**kwargs):
-    """A tqdm bar on stderr; refreshes at most every 5 s when stderr is not a terminal (log files)."""
-    from tqdm import tqdm
+def collect_rows(ds, desc: str, unit: str = "img", total: int | None = None, rate_of: str | None = None,
+                 rate_unit: str = "") -> list[dict]:
+    """Execute a Ray Dataset from the driver, counting its output rows on one bar; returns the rows.
 
-    interactive = sys.stderr.isatty()
-    return tqdm(mininterval=0.5 if interactive else 5.0, dynamic_ncols=interactive, file=sys.stderr, **kwargs)
-
-
-def collect_rows(ds, desc: str, unit: str = "img", total: int | None = None) -> list[dict]:
-    """Execute a Ray Dataset from the driver, counting its output rows on one bar; returns the rows."""
-    rows = []
+    ``rate_of``: a numeric column whose sum per second of wall time the bar shows as ``rate_unit`` (e.g. the
+    masks per image as ``masks/s``).
+    """
+    rows, amount, t0 = [], 0.0, time.time()
     with progress_bar(desc=desc, unit=unit, total=total) as bar:
         for row in ds.iter_rows():
             rows.append(dict(row))
+            if rate_of:
+                amount += float(row[rate_of])
+                bar.set_postfix({rate_unit or rate_of: f"{amount / max(time.time() - t0, 1e-6):.1f}"}, refresh=False)
             bar.update(1)
     return rows

@@ -62,7 +62,7 @@ class TrainBar:
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> "TrainBar":
-        from pipelines.run_output import progress_bar
+        from edgesam.progress import progress_bar
 
         self.bar = progress_bar(desc=self.desc, total=self.total, initial=self.start, unit="step")
         if self.board is None:

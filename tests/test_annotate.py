@@ -79,7 +79,8 @@ def ray_local():
 
 
 def _run(inp: Path, out: Path, extra: list[str] = ()) -> tuple[int, dict | None]:
-    from pipelines.annotate import SUMMARY_FILE, main
+    from pipelines.annotate import main
+    from pipelines.annotate_parts import SUMMARY_FILE
 
     rc = main(["--input", str(inp), "--output", str(out), *OVERRIDES, *extra])
     summary = out / SUMMARY_FILE
@@ -87,11 +88,14 @@ def _run(inp: Path, out: Path, extra: list[str] = ()) -> tuple[int, dict | None]
 
 
 @pytest.mark.timeout(240)
-def test_annotate_folder_tree_skips_bad_files_and_resumes(tree, ray_local, tmp_path):
+def test_annotate_folder_tree_skips_bad_files_and_resumes(tree, ray_local, tmp_path, capsys):
     root, good, bad = tree
     out = tmp_path / "out"
     rc, summary = _run(root, out)
     assert rc == 0
+    n = len(good) + len(bad)  # one bar: images done / total, with the masks per second
+    err = capsys.readouterr().err
+    assert "annotate: 100%" in err and f"{n}/{n}" in err and "masks/s=" in err
     assert summary["images_listed"] == len(good) + len(bad)
     assert summary["labelled"] == summary["labelled_this_run"] == len(good)
     assert summary["skipped"] == len(bad) and summary["failed"] == 0
@@ -147,7 +151,7 @@ def test_annotate_folder_tree_skips_bad_files_and_resumes(tree, ray_local, tmp_p
     assert after["images"] == before["images"] and after["annotations"] == before["annotations"]
 
     # a lost part would be recomputed, and only that one (the listing/resume logic, without another Ray run)
-    from pipelines.annotate import list_images, pending_items
+    from pipelines.annotate_parts import list_images, pending_items
 
     items = list_images(root, [".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"])
     lost = next(it["file_name"] for it in items if f"{it['image_id']}.json" == parts[0].name)
@@ -190,7 +194,11 @@ def test_worker_onnx_and_checkpoint_branches(tmp_path):
     from edgesam.models import EdgeSAM, save_student
     from edgesam.export.rpn_onnx import export_rpn_onnx
     from edgesam.models.rpn import build_rpn
-    from pipelines.annotate import AnnotateConfig, AnnotateWorker, load_config, part_path, preflight
+    from edgesam.config import load_config
+    from pipelines.annotate_config import AnnotateConfig
+    from pipelines.annotate_model import preflight
+    from pipelines.annotate_parts import part_path
+    from pipelines.annotate_worker import AnnotateWorker
 
     img_path = tmp_path / "in" / "scene.png"
     _save(_scene(5, 90, 120), img_path)

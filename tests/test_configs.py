@@ -8,7 +8,7 @@ import pytest
 from edgesam.config import load_config
 from edgesam.inference.everything import EverythingConfig
 from edgesam.teacher_train.loop import TeacherTrainConfig
-from pipelines.annotate import AnnotateConfig
+from pipelines.annotate_config import AnnotateConfig
 from pipelines.cache_teacher import CacheConfig
 from pipelines.distill_config import DistillConfig
 from serve.config import ServeAppConfig

@@ -15,7 +15,7 @@ from pycocotools.coco import COCO
 from edgesam.data.rle import decode_segmentation, encode_mask, mask_to_bbox
 from edgesam.formats.brush_rle import BrushRLEError, decode_rle, encode_rle, mask_to_rle, rle_to_mask
 from edgesam.formats.coco_polygons import coco_with_polygons, mask_to_polygons
-from edgesam.formats.export import ExportCfg, write_formats
+from edgesam.formats.export import FormatOptionsCfg, write_formats
 from edgesam.formats.label_studio_tasks import LabelStudioTaskCfg, result_to_mask, tasks_from_coco
 from edgesam.formats.yolo_seg import mask_to_lines, read_yolo_seg
 
@@ -130,7 +130,7 @@ def _coco(masks: dict[str, np.ndarray]) -> dict:
 def test_write_formats_reads_back_through_pycocotools_yolo_and_label_studio(tmp_path):
     cases = _masks()
     coco = _coco({k: v[0] for k, v in cases.items()})
-    out = write_formats(tmp_path, coco, ["coco_rle", "coco_polygons", "yolo", "label_studio"], ExportCfg())
+    out = write_formats(tmp_path, coco, ["coco_rle", "coco_polygons", "yolo", "label_studio"], FormatOptionsCfg())
     assert set(out) == {"coco_rle", "coco_polygons", "yolo", "label_studio"}
 
     rle_api, poly_api = COCO(out["coco_rle"]), COCO(out["coco_polygons"])
@@ -186,7 +186,11 @@ def test_annotate_output_formats_config_and_real_generator_output(tmp_path):
     from scipy.ndimage import binary_fill_holes  # 4-connected background = the 8-connected outlines traced
 
     from edgesam.data.synthetic import make_scene
-    from pipelines.annotate import AnnotateConfig, AnnotateWorker, assemble, load_config, model_identity
+    from edgesam.config import load_config
+    from pipelines.annotate_config import AnnotateConfig
+    from pipelines.annotate_model import model_identity
+    from pipelines.annotate_parts import assemble
+    from pipelines.annotate_worker import AnnotateWorker
 
     overrides = ["model.img_size=256", "model.threads=1", "everything.mode=grid", "everything.points_per_side=4",
                  "everything.stability_score_thresh=0.0", "output.formats=[coco_rle,coco_polygons,yolo,label_studio]",

@@ -346,6 +346,7 @@ def test_cli_random_export(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "RANDOM WEIGHTS" in r.stderr
     assert "parity vs PyTorch" in r.stdout
+    assert "export onnx: 100%" in r.stderr and "4/4" in r.stderr  # one bar over the graphs written
     meta = json.loads((out / "export_meta.json").read_text())
     assert meta["img_size"] == 128 and meta["checkpoint_sha256"] == "random"
     assert OrtEncoder(out / "encoder.onnx").img_size == 128

@@ -265,7 +265,7 @@ def test_sam_multimask_low_res_equals_predictor(setup):
 
 def test_cli_flavors(tmp_path):
     """``python -m edgesam.export --flavor ... --encoder-input ...`` writes the flavour's graphs."""
-    from edgesam.export.onnx_export import main
+    from edgesam.export.export_cli import main
 
     assert main(["--random", "--img-size", "64", "--out", str(tmp_path / "s"), "--flavor", "sam"]) == 0
     s = ort.InferenceSession(str(tmp_path / "s" / "decoder.onnx"), providers=["CPUExecutionProvider"])

@@ -9,7 +9,7 @@ import torch
 from torchvision.ops import box_iou
 
 from edgesam.models import EdgeSAM, load_student, save_student
-from edgesam.models.rpn import RPN, build_rpn, select_proposals, train_rpn_step
+from edgesam.models.rpn import RPN, build_rpn, fcos_targets, rpn_loss, select_proposals, train_rpn_step
 
 S = 256
 CHANNELS = {"s8": 96, "s16": 192, "s32": 384}
@@ -54,7 +54,7 @@ def test_fcos_assignment_on_hand_made_boxes():
     # A 64x64 box centred at (128,128): centre radius 1.5*8 = 12 px -> P3 locations x,y in {124, 132}
     # (max regression 36 <= 64 -> P3); at P4 the candidates (120/136) regress 40 px, outside (64,128].
     box = torch.tensor([[96.0, 96.0, 160.0, 160.0]])
-    labels, box_t, ctr_t = rpn.targets(out, [box])
+    labels, box_t, ctr_t = fcos_targets(rpn, out, [box])
     pos = torch.nonzero(labels[0]).flatten().tolist()
     expected = sorted(_level0_index(rpn, i, j) for i in (15, 16) for j in (15, 16))
     assert pos == expected
@@ -64,21 +64,21 @@ def test_fcos_assignment_on_hand_made_boxes():
 
     # A large box goes to a coarse level: 256x256 centred at 128 -> max regression 144 at stride 32 -> P5.
     big = torch.tensor([[0.0, 0.0, 256.0, 256.0]])
-    labels, _, _ = rpn.targets(out, [big])
+    labels, _, _ = fcos_targets(rpn, out, [big])
     pos = torch.nonzero(labels[0]).flatten()
     n3, n4 = (S // 8) ** 2, (S // 16) ** 2
     assert len(pos) == 4 and bool(((pos >= n3 + n4) & (pos < n3 + n4 + (S // 32) ** 2)).all())
 
     # Overlap: at P3 location (124,124) both boxes are candidates; the smaller-area one wins.
     small = torch.tensor([100.0, 100.0, 150.0, 150.0])
-    labels, box_t, _ = rpn.targets(out, [torch.stack([box[0], small])])
+    labels, box_t, _ = fcos_targets(rpn, out, [torch.stack([box[0], small])])
     assert labels[0, _level0_index(rpn, 15, 15)] == 1
     assert torch.allclose(box_t[0, _level0_index(rpn, 15, 15)], small)
 
     # No GT (or degenerate GT): no positives, and the loss is finite with zero box/centerness terms.
-    labels, _, _ = rpn.targets(out, [torch.zeros(0, 4)])
+    labels, _, _ = fcos_targets(rpn, out, [torch.zeros(0, 4)])
     assert labels.sum() == 0
-    loss, parts = rpn.loss(out, [torch.tensor([[10.0, 10.0, 10.0, 30.0]])], S)
+    loss, parts = rpn_loss(rpn, out, [torch.tensor([[10.0, 10.0, 10.0, 30.0]])], S)
     assert torch.isfinite(loss) and parts["num_pos"] == 0 and parts["box"] == 0
 
 

@@ -61,7 +61,7 @@ def test_local_run_dir():
 
 def test_train_bar_shows_loss_throughput_and_messages(capsys):
     bar = TrainBar(board=None, desc="encoder_kd", total=10)
-    from pipelines.run_output import progress_bar
+    from edgesam.progress import progress_bar
 
     bar.bar = progress_bar(desc="encoder_kd", total=10, unit="step")
     bar._apply([{"t": 100.0, "step": 1, "loss": 2.0, "images": 4}, {"t": 102.0, "step": 2, "loss": 1.5, "images": 4},

@@ -1,8 +1,8 @@
-"""``python -m edgesam.export``: see :func:`edgesam.export.onnx_export.main` (``--flavor`` / ``--encoder-input``:
+"""``python -m edgesam.export``: see :func:`edgesam.export.export_cli.main` (``--flavor`` / ``--encoder-input``:
 :mod:`edgesam.export.flavors`). Importing this module (the ``edgesam export`` entry point) runs nothing."""
 import sys
 
-from .onnx_export import main
+from .export_cli import main
 
 __all__ = ["main"]
 

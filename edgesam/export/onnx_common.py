@@ -1,7 +1,7 @@
 """Shared pieces of the ONNX exports: file names, I/O names, the legacy-exporter call and metadata.
 
 Every graph writer (``onnx_native``, ``flavors``, ``uint8_encoder``, ``decoder_fast``, ``rpn_onnx``) uses
-these; ``onnx_export`` assembles them into ``export_all`` and the ``python -m edgesam.export`` command.
+these; ``onnx_export`` assembles them into ``export_all``; ``export_cli`` is the ``python -m edgesam.export`` command.
 """
 from __future__ import annotations
 

@@ -42,9 +42,7 @@ layers, which the TensorRT builder keeps in FP32.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -61,17 +59,24 @@ from .onnx_native import OnnxPromptDecoder, export_decoder, export_encoder  # no
 
 
 def export_all(model: EdgeSAM, out_dir: str | Path, fuse: bool = True, opset: int = DEFAULT_OPSET,
-               checkpoint_sha256: str | None = None, cubic_as_conv: bool = True) -> dict[str, Path]:
-    """Write ``encoder.onnx``, ``decoder.onnx`` and ``export_meta.json`` into ``out_dir``.
+               checkpoint_sha256: str | None = None, cubic_as_conv: bool = True,
+               progress: bool = False) -> dict[str, Path]:
+    """Write ``encoder.onnx``, ``decoder.onnx`` (plus the split decoder, and ``rpn.onnx`` for a model with an
+    RPN) and ``export_meta.json`` into ``out_dir``.
 
     ``checkpoint_sha256``: the source checkpoint's hash, ``"random"`` for random weights, or None
-    (recorded as unknown). Returns ``{"encoder", "decoder", "meta"}`` paths.
+    (recorded as unknown). ``progress``: one bar over the graphs written (commands; off for library use).
+    Returns ``{"encoder", "decoder", "decoder_image", "decoder_prompt", ["rpn",] "meta"}`` paths.
     """
+    from ..progress import progress_bar
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = model.eval()
-    enc = export_encoder(model, out / ENCODER_FILE, fuse=fuse, opset=opset, cubic_as_conv=cubic_as_conv)
-    dec = export_decoder(model, out / DECODER_FILE, opset=opset)
+    has_rpn = getattr(model, "rpn", None) is not None
+    with progress_bar(desc="export onnx", total=4 + has_rpn, unit="graph", disable=not progress) as bar:
+        files = _export_graphs(model, out, fuse, opset, cubic_as_conv, has_rpn, bar)
+    enc, dec = files["encoder"], files["decoder"]
     meta = {
         "img_size": int(model.img_size),
         "opset": int(opset),
@@ -95,15 +100,8 @@ def export_all(model: EdgeSAM, out_dir: str | Path, fuse: bool = True, opset: in
         "torch_version": torch.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    files = {"encoder": enc, "decoder": dec}
-    from .decoder_fast import export_fast_decoder  # split decoder (image side once per image), see its module doc
-
-    files.update(export_fast_decoder(model, out, opset=opset))
     meta["files"].update({k: files[k].name for k in ("decoder_image", "decoder_prompt")})
-    if getattr(model, "rpn", None) is not None:  # encoder + RPN graph for RPN-driven segment-everything
-        from .rpn_onnx import export_rpn_onnx
-
-        files["rpn"] = export_rpn_onnx(model, out / "rpn.onnx", opset=opset, fuse=fuse)
+    if has_rpn:
         meta["files"]["rpn"] = files["rpn"].name
         meta["rpn"] = {"outputs": ["image_embeddings", "rpn_boxes", "rpn_scores"]}
     meta_path = out / META_FILE
@@ -111,77 +109,20 @@ def export_all(model: EdgeSAM, out_dir: str | Path, fuse: bool = True, opset: in
     return {**files, "meta": meta_path}
 
 
-def _random_warning() -> str:
-    bar = "!" * 78
-    return (f"{bar}\n!! RANDOM WEIGHTS: no checkpoint given. These ONNX graphs have the right shapes but\n"
-            f"!! segment nothing meaningful. Pass --checkpoint edge_sam.pth for a usable export.\n{bar}")
+def _export_graphs(model: EdgeSAM, out: Path, fuse: bool, opset: int, cubic_as_conv: bool, has_rpn: bool,
+                   bar) -> dict[str, Path]:
+    """Every graph of :func:`export_all`, one ``bar`` step per graph -> {name: path}."""
+    from .decoder_fast import export_fast_decoder  # split decoder (image side once per image), see its module doc
 
+    files = {"encoder": export_encoder(model, out / ENCODER_FILE, fuse=fuse, opset=opset, cubic_as_conv=cubic_as_conv)}
+    bar.update(1)
+    files["decoder"] = export_decoder(model, out / DECODER_FILE, opset=opset)
+    bar.update(1)
+    files.update(export_fast_decoder(model, out, opset=opset))
+    bar.update(2)
+    if has_rpn:  # encoder + RPN graph for RPN-driven segment-everything
+        from .rpn_onnx import export_rpn_onnx
 
-def _verify(model: EdgeSAM, paths: dict[str, Path]) -> str:
-    """One ORT run of each graph against PyTorch; returns a one-line summary."""
-    import numpy as np
-
-    from ..inference.backends import TorchDecoder, TorchEncoder
-    from ..inference.ort_backend import OrtDecoder, OrtEncoder
-
-    s = model.img_size
-    x = np.random.default_rng(0).standard_normal((1, 3, s, s)).astype(np.float32)
-    emb_t = TorchEncoder(model.image_encoder, s)(x)
-    emb_o = OrtEncoder(paths["encoder"])(x)
-    coords = np.array([[[s * 0.3, s * 0.4], [0.0, 0.0]]], np.float32)
-    labels = np.array([[1.0, -1.0]], np.float32)
-    m_t, _ = TorchDecoder(model.as_prompt_decoder())(emb_t, coords, labels)
-    m_o, _ = OrtDecoder(paths["decoder"])(emb_t, coords, labels)
-    return (f"parity vs PyTorch: encoder max|diff| {np.abs(emb_t - emb_o).max():.2e} (max|emb| {np.abs(emb_t).max():.2f}); "
-            f"decoder max|diff| {np.abs(m_t - m_o).max():.2e} (max|logit| {np.abs(m_t).max():.2f})")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edgesam.export",
-                                     description="Export EdgeSAM's encoder and decoder to ONNX (see edgesam/export/onnx_export.py for the I/O).")
-    src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="official edge_sam.pth or a checkpoint written by save_student")
-    src.add_argument("--random", action="store_true", help="random weights (shape/speed testing only)")
-    parser.add_argument("--img-size", type=int, default=1024, help="padded square input side S (multiple of 64)")
-    parser.add_argument("--out", required=True, help="output directory (local, s3:// or gs://)")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
-    parser.add_argument("--no-fuse", action="store_true", help="export the encoder without RepVGG/BN fusion")
-    parser.add_argument("--cubic-resize", action="store_true",
-                        help="write the bicubic upsample as ONNX Resize (slower in ORT) instead of its exact conv form")
-    parser.add_argument("--seed", type=int, default=0, help="seed for --random")
-    parser.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
-    from .flavors import add_flavor_args, export_flavor, wants_flavor  # client contracts (--flavor, --encoder-input)
-
-    add_flavor_args(parser)
-    args = parser.parse_args(argv)
-    if args.img_size <= 0 or args.img_size % 64:
-        parser.error(f"--img-size must be a positive multiple of 64, got {args.img_size}")
-
-    if args.random:
-        print(_random_warning(), file=sys.stderr, flush=True)
-        torch.manual_seed(args.seed)
-        model = EdgeSAM(args.img_size).eval()
-        digest = "random"
-    else:
-        from ..models.checkpoint import load_student
-
-        model, _ = load_student(args.checkpoint, args.img_size)
-        digest = sha256_file(args.checkpoint)
-    from .. import storage
-
-    with storage.staged_dir(args.out) as out:  # written locally, uploaded at the end for s3:// / gs://
-        if wants_flavor(args):
-            paths = export_flavor(model, out, args.flavor, args.encoder_input, fuse=not args.no_fuse, opset=args.opset,
-                                  checkpoint_sha256=digest, sam_single_mask=not args.sam_multimask,
-                                  cubic_as_conv=not args.cubic_resize)
-            args.no_verify = True  # _verify drives the native graphs; tests/test_onnx_flavors.py drives the flavours
-        else:
-            paths = export_all(model, out, fuse=not args.no_fuse, opset=args.opset, checkpoint_sha256=digest,
-                               cubic_as_conv=not args.cubic_resize)
-        for k, p in paths.items():
-            print(f"{k}: {storage.relocate(p, out, args.out)} ({p.stat().st_size / 1e6:.1f} MB)")
-        if not args.no_verify:
-            print(_verify(model, paths))
-    if args.random:
-        print(_random_warning(), file=sys.stderr, flush=True)
-    return 0
+        files["rpn"] = export_rpn_onnx(model, out / "rpn.onnx", opset=opset, fuse=fuse)
+        bar.update(1)
+    return files

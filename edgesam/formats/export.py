@@ -26,7 +26,7 @@ FILES = {"coco_rle": "annotations.json", "coco_polygons": "annotations_polygons.
          "label_studio": "label_studio_tasks.json"}
 
 
-class ExportCfg(StrictModel):
+class FormatOptionsCfg(StrictModel):
     """Options of the non-default formats."""
 
     polygon_tolerance: float = Field(0.0, ge=0, description="cv2.approxPolyDP epsilon in pixels for polygons; "
@@ -50,7 +50,7 @@ def _write_json(path: str | Path, obj: object) -> None:
     storage.write_json(path, obj, indent=None)  # atomic: temp + rename locally, one PUT on s3:// / gs://
 
 
-def _write_yolo(out_dir: Path, coco: dict, cfg: ExportCfg) -> None:
+def _write_yolo(out_dir: Path, coco: dict, cfg: FormatOptionsCfg) -> None:
     from .yolo_seg import mask_to_lines
 
     root = storage.join(out_dir, FILES["yolo"])
@@ -67,7 +67,7 @@ def _write_yolo(out_dir: Path, coco: dict, cfg: ExportCfg) -> None:
                                     "# with images/ beside labels/ to train.\nnames:\n  0: object\n")
 
 
-def write_formats(out_dir: str | Path, coco: dict, formats: list[str], cfg: ExportCfg) -> dict[str, str]:
+def write_formats(out_dir: str | Path, coco: dict, formats: list[str], cfg: FormatOptionsCfg) -> dict[str, str]:
     """Write ``coco`` (COCO dict, RLE masks) in each of ``formats`` under ``out_dir`` -> {format: path}."""
     from .coco_polygons import coco_with_polygons
     from .label_studio_tasks import tasks_from_coco
