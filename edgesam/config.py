@@ -2,6 +2,10 @@
 
 Every pipeline does ``cfg = load_config(MyConfig, path_or_name, overrides)``. Names resolve to
 ``configs/<name>.yaml`` in the repository (or the package's bundled copy).
+
+A file may take whole sections from other configs instead of repeating them:
+``include: {cache: sa1b-1pct-cache}`` loads that config as the ``cache`` section (``.`` = the whole file);
+keys the including file sets itself win.
 """
 from __future__ import annotations
 
@@ -65,15 +69,35 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
     return candidate
 
 
+def _resolve_include_path(ref: str, including: Path) -> Path:
+    """A config name, or a path relative to the including file."""
+    local = including.parent / ref
+    return resolve_config_path(local if local.suffix in (".yaml", ".yml") and local.is_file() else ref)
+
+
+def read_config_file(path: Path, _chain: tuple[Path, ...] = ()) -> dict:
+    """One YAML config as a dict, with its ``include:`` sections resolved (recursively, cycles refused)."""
+    path = path.resolve()
+    if path in _chain:
+        raise ValueError("config include cycle: " + " -> ".join(p.name for p in (*_chain, path)))
+    loaded = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path}: top level must be a mapping")
+    includes = loaded.pop("include", None) or {}
+    if not isinstance(includes, dict) or not all(isinstance(v, str) for v in includes.values()):
+        raise ValueError(f"{path}: include must map a section name (or '.') to a config name or path")
+    base: dict = {}
+    for section, ref in includes.items():
+        sub = read_config_file(_resolve_include_path(ref, path), (*_chain, path))
+        base = _merge(base, sub if section == "." else {section: sub})
+    return _merge(base, loaded)
+
+
 def load_config(model: type[T], name_or_path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
-    """Defaults of ``model`` <- YAML file (if given) <- CLI overrides, validated."""
+    """Defaults of ``model`` <- YAML file (if given, with its includes) <- CLI overrides, validated."""
     data: dict = {}
     if name_or_path:
-        path = resolve_config_path(name_or_path)
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: top level must be a mapping")
-        data = loaded
+        data = read_config_file(resolve_config_path(name_or_path))
     data = _merge(data, parse_overrides(overrides))
     return model.model_validate(data)
 

@@ -66,7 +66,14 @@ class StudentCfg(StrictModel):
     # an official checkpoint's decoder), else the teacher's; "teacher" = always the teacher's; "checkpoint" =
     # init_checkpoint's (an error without one)
     decoder_init: Literal["auto", "teacher", "checkpoint"] = "auto"
-    upsample_mode: Literal["bicubic", "bilinear"] = "bicubic"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_keys(cls, data):
+        if isinstance(data, dict) and "upsample_mode" in data:
+            raise ValueError("student.upsample_mode was removed: it never reached the model. The neck always "
+                             "upsamples bicubically, as the official EdgeSAM weights were trained; delete the key")
+        return data
 
     @model_validator(mode="after")
     def _one_init(self) -> "StudentCfg":
