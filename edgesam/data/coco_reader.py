@@ -15,7 +15,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from .. import storage
-from .dataset_files import is_image, read_bytes, read_head, short_error, walk
+from .dataset_files import is_image, read_head, short_error, walk
 from .records import Item, RawRecord, Skipped
 from .sa1b_json import finite_numbers, int_or_none
 
@@ -65,7 +65,7 @@ def _read_image(images_dir: str, file_name: str) -> tuple[str, bytes | None, str
     first = storage.join(images_dir, file_name)
     for cand in dict.fromkeys([first, storage.join(images_dir, os.path.basename(file_name))]):
         try:
-            return cand, read_bytes(cand), ""
+            return cand, storage.read_bytes(cand), ""
         except FileNotFoundError:
             continue
         except OSError as exc:
@@ -76,7 +76,7 @@ def _read_image(images_dir: str, file_name: str) -> tuple[str, bytes | None, str
 def load_coco(instances_json: str | Path) -> tuple[list[dict], dict[Any, list[dict]]]:
     """Parse a COCO instances file (local or URI) -> (image entries with an ``id``, annotations grouped by
     ``image_id``). Raises one of ``COCO_ERRORS`` for an unreadable or malformed file."""
-    doc = json.loads(read_bytes(instances_json))
+    doc = json.loads(storage.read_bytes(instances_json))
     if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
         raise ValueError("no 'images' list at the top level")
     images = [im for im in doc["images"] if isinstance(im, dict) and "id" in im]

@@ -1,8 +1,8 @@
 """Files of a dataset root that may be a local folder or an object-store prefix (``s3://bucket/prefix``).
 
 The readers see a dataset as one sorted listing of relative paths (:func:`walk`) and read files whole
-(:func:`read_bytes`) or their first bytes (:func:`read_head`), so every format works the same from a disk or
-a bucket. Object storage goes through :mod:`edgesam.storage` (pyarrow.fs): a listing is one paginated LIST
+(:func:`edgesam.storage.read_bytes`) or their first bytes (:func:`read_head`), so every format works the same
+from a disk or a bucket. Object storage goes through :mod:`edgesam.storage` (pyarrow.fs): a listing is one paginated LIST
 (1000 keys per request), a file one GET.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 from .. import storage
 from .images import IMAGE_EXTENSIONS
 
-__all__ = ["is_image", "short_error", "walk", "relative", "read_bytes", "read_head", "annotation_candidates"]
+__all__ = ["is_image", "short_error", "walk", "relative", "read_head", "annotation_candidates"]
 
 
 def is_image(name: str) -> bool:
@@ -57,17 +57,9 @@ def relative(path: str | Path, root: str | Path) -> str:
     return p[len(base):] if p.startswith(base) else storage.name(p)
 
 
-def read_bytes(path: str | Path) -> bytes:
-    """The whole file; ``OSError`` (``FileNotFoundError`` when absent) if it cannot be read."""
-    if storage.is_uri(path):
-        return storage.read_bytes(path)
-    with open(path, "rb") as f:
-        return f.read()
-
-
 def read_head(path: str | Path, n: int) -> bytes:
     """The first ``n`` bytes of a file (one ranged read on object stores)."""
-    with (storage.open_input_stream(path, buffer_size=n) if storage.is_uri(path) else open(path, "rb")) as f:
+    with storage.open_input_stream(path, buffer_size=n) as f:
         return f.read(n)
 
 

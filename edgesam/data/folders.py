@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from .. import storage
-from .dataset_files import annotation_candidates, is_image, read_bytes, relative, short_error, walk
+from .dataset_files import annotation_candidates, is_image, relative, short_error, walk
 from .records import Item, RawRecord, Skipped
 from .sa1b_json import pair_record
 
@@ -56,7 +56,7 @@ def iter_sa1b_folder(root: str | Path, images: Iterable[str | Path] | None = Non
             yield Skipped(img, "missing annotation JSON")
             continue
         try:
-            image_bytes, ann_bytes = read_bytes(img), read_bytes(js)
+            image_bytes, ann_bytes = storage.read_bytes(img), storage.read_bytes(js)
         except OSError as exc:
             yield Skipped(img, f"unreadable: {short_error(exc)}")
             continue
@@ -83,7 +83,7 @@ def iter_image_folder(root: str | Path, files: Iterable[str | Path] | None = Non
     for p in paths:
         image_id = os.path.splitext(relative(p, base))[0].replace("/", "__")
         try:
-            data = read_bytes(p)
+            data = storage.read_bytes(p)
         except OSError as exc:
             yield Skipped(p, f"unreadable: {short_error(exc)}")
             continue

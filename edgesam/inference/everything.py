@@ -114,7 +114,7 @@ def candidates_from_logits(logits: np.ndarray | torch.Tensor, iou: np.ndarray | 
     lt, it = torch.as_tensor(logits), torch.as_tensor(iou)
     c = filter_lowres(lt, it, cfg.outputs_per_prompt(), input_hw, cfg.mask_threshold, cfg.stability_score_offset,
                       cfg.stability_score_thresh, cfg.pred_iou_thresh)
-    up = Upsampler(input_hw, crop_hw, lt.device)
+    up = Upsampler(input_hw, crop_hw)
     c = _edge_filter(c, up, cfg, crop_box, orig_hw)
     recs = masks_to_rles(c.logits, up, (crop_box[0], crop_box[1]), orig_hw, cfg.mask_threshold)
     out = []
@@ -333,7 +333,7 @@ class EverythingGenerator:
         if not parts:
             return cands, props
         c = LowRes.cat(parts)
-        up = Upsampler(input_hw, crop_hw, c.logits.device)
+        up = Upsampler(input_hw, crop_hw)
         c = _edge_filter(c, up, cfg, list(crop_box), image.shape[:2])
         score = _scores(cfg.score, c, prompt_score)
         c = c.take(lowres_nms(c, score, cfg.mask_nms_iou, cfg.mask_threshold, max_keep=cfg.max_masks))

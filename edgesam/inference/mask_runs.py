@@ -17,7 +17,7 @@ off. :func:`lowres_to_rle` gets those directly:
 Cost per mask: O(nx x m) arithmetic plus O(transitions) (about 2 per column for a compact mask), instead
 of O(nx x ny) for a resize + threshold + run scan; memory is one (nx, m) float32 array. The result equals
 the dense resize + threshold except where a sample lands within float rounding of a crossing (a pixel
-here and there on the boundary; ``tests/test_lowres_post.py`` bounds it).
+here and there on the boundary; ``tests/test_mask_runs.py`` bounds it).
 """
 from __future__ import annotations
 
@@ -48,16 +48,15 @@ class Upsampler:
     """The bilinear map from low-res valid-region logits (hl, wl) to a crop of ``out_hw`` original pixels.
 
     ``input_hw``: the resized extent inside the S frame (low-res extent ceil(h/4) x ceil(w/4)); ``out_hw``: the
-    original (crop) size. Output pixel y samples low-res row (y + 0.5) * h / (4 H) - 0.5 (clamped at 0)."""
+    original (crop) size. It runs on the host (numpy). Output pixel y samples low-res row (y + 0.5) * h / (4 H) - 0.5 (clamped at 0)."""
 
-    def __init__(self, input_hw: tuple[int, int], out_hw: tuple[int, int], device: torch.device | str = "cpu") -> None:
-        del device  # the map runs on the host (numpy); kept for callers
+    def __init__(self, input_hw: tuple[int, int], out_hw: tuple[int, int]) -> None:
         self.hl, self.wl = valid_lowres_hw(input_hw)
         self.out_hw = (int(out_hw[0]), int(out_hw[1]))
         (h, w), (ih, iw) = self.out_hw, input_hw
         self.scale = (4 * h / ih, 4 * w / iw)  # output pixels per low-res pixel (rows, cols)
         self.src_per_row = ih / (4 * h)  # low-res rows per output row
-        self.rows = _axis(h, self.hl, ih / (4 * h))
+        self.rows = _axis(h, self.hl, self.src_per_row)
         self.cols = _axis(w, self.wl, iw / (4 * w))
 
     def span(self, ax: int, a: int, b: int) -> tuple[int, int]:
