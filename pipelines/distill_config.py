@@ -91,6 +91,7 @@ class EvalCfg(StrictModel):
     max_instances_per_image: int = 16
     refine_clicks: int = 2
     seed: int = 0
+    every_epoch: bool = True  # held-out evaluation after every epoch of steps 1-2; False: after each step's last
 
 
 class RpnCfg(StrictModel):

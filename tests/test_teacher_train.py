@@ -7,7 +7,8 @@ import torch
 
 from edgesam.models.teacher import SMALL_CONFIGS, build_teacher, build_teacher_prompt_decoder, small_sam_registry
 from edgesam.teacher_train.losses import dice_per_map, focal_per_map, sam_loss
-from edgesam.teacher_train.loop import TeacherTrainConfig, evaluate_teacher, save_checkpoint, train_teacher
+from edgesam.teacher_train.loop import (TeacherOptimCfg, TeacherTrainConfig, evaluate_teacher, focal_weight_at,
+                                       save_checkpoint, train_step, train_teacher)
 from edgesam.teacher_train.prompts import noisy_boxes, uniform_points
 from edgesam.teacher_train.scenes import make_scene
 
@@ -27,6 +28,27 @@ def test_sam_loss_min_over_multimask_and_iou_target():
     assert multi.item() == pytest.approx(single.item(), rel=1e-3)
     assert single.item() == pytest.approx(bad.item(), rel=1e-3)
     assert float(parts["iou_mse"]) == pytest.approx(0.0, abs=1e-6)  # token 0 IoU 0 predicted 0; token 1 IoU 1 predicted 1
+
+
+def test_focal_weight_ramps_from_start_to_sam_ratio():
+    ramp = TeacherOptimCfg(focal_start_weight=1.0, focal_weight=20.0, focal_ramp=(0.3, 0.6))
+    assert [focal_weight_at(p, ramp) for p in (0.0, 0.3, 0.45, 0.6, 1.0)] == pytest.approx([1.0, 1.0, 10.5, 20.0, 20.0])
+    assert focal_weight_at(0.0, TeacherOptimCfg(focal_weight=20.0)) == 20.0  # no ramp: SAM's weight throughout
+
+
+def test_objects_that_vanish_in_the_loss_frame_are_not_trained_as_empty():
+    teacher = build_teacher(NAME, None, 128, seed=0)
+    gt = torch.zeros(2, 128, 128, dtype=torch.bool)
+    gt[0, 40:80, 40:80] = True
+    gt[1, 10, 10] = True  # one pixel: empty after area-downsampling to the 32 x 32 loss frame
+    boxes = torch.tensor([[40.0, 40.0, 80.0, 80.0], [10.0, 10.0, 11.0, 11.0]])
+    opt = TeacherOptimCfg(click_iters=0, loss_upsample=1)
+    images, idx = torch.zeros(1, 3, 128, 128), torch.zeros(2, dtype=torch.long)
+    _, both = train_step(teacher, images, idx, gt, boxes, "box", opt, torch.Generator().manual_seed(0),
+                         torch.ones_like(gt))
+    _, first = train_step(teacher, images, idx[:1], gt[:1], boxes[:1], "box", opt,
+                          torch.Generator().manual_seed(0), torch.ones_like(gt[:1]))
+    assert both["dice@0"] == pytest.approx(first["dice@0"], rel=1e-5)  # the vanished prompt was dropped
 
 
 def test_prompts_stay_in_mask_and_frame():

@@ -50,7 +50,12 @@ class TeacherOptimCfg(StrictModel):
     loss_upsample: int = 2  # loss (and click) frame: the decoder's S/4 logits upsampled this many times (<= 4)
     box_noise: float = 0.1
     box_noise_max_px: float = 5.0
-    focal_weight: float = 20.0
+    focal_weight: float = 20.0  # SAM's focal : dice, reached at the end of ``focal_ramp``
+    # From scratch, 20:1 holds every mask at the empty-mask plateau (BENCHMARKS.md, "A small SAM teacher");
+    # the run starts at ``focal_start_weight`` and ramps linearly to ``focal_weight`` over this fraction of the
+    # run (progress in [0, 1]); (0, 0) = ``focal_weight`` throughout.
+    focal_start_weight: float = 1.0
+    focal_ramp: tuple[float, float] = (0.0, 0.0)
     focal_alpha: float = 0.25  # positive-class weight of the focal loss; < 0 = unweighted
     dice_weight: float = 1.0
     iou_weight: float = 1.0
@@ -89,9 +94,18 @@ def _batch(scenes: list[Scene], max_prompts: int, gen: torch.Generator) -> tuple
     return torch.stack([s.image for s in scenes]), torch.cat(idx), torch.cat(masks), torch.cat(boxes)
 
 
+def focal_weight_at(progress: float, opt: TeacherOptimCfg) -> float:
+    """The focal weight at ``progress`` (fraction of the run done, 0..1) under ``opt.focal_ramp``."""
+    lo, hi = opt.focal_ramp
+    if hi <= lo:
+        return opt.focal_weight if hi <= 0 or progress >= hi else opt.focal_start_weight
+    t = min(1.0, max(0.0, (progress - lo) / (hi - lo)))
+    return opt.focal_start_weight + t * (opt.focal_weight - opt.focal_start_weight)
+
+
 def train_step(teacher, images: torch.Tensor, img_idx: torch.Tensor, gt: torch.Tensor, boxes: torch.Tensor,
                kind: Literal["box", "point"], opt: TeacherOptimCfg, gen: torch.Generator,
-               valid: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+               valid: torch.Tensor, focal_weight: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """One forward pass with corrective clicks. gt (N,S,S) bool; valid (N,S,S) bool non-padded area; both are
     area-downsampled to the loss frame (S/4 x ``loss_upsample``).
     Returns (loss averaged over the 1 + click_iters passes, metrics of the first and last pass)."""
@@ -102,12 +116,16 @@ def train_step(teacher, images: torch.Tensor, img_idx: torch.Tensor, gt: torch.T
     if side != size:  # GT and valid area in the loss frame: area-downsampled, > 0.5
         gt = F.interpolate(gt[:, None].float(), (side, side), mode="area")[:, 0] > 0.5
         valid = F.interpolate(valid[:, None].float(), (side, side), mode="area")[:, 0] > 0.5
+    keep = gt.flatten(1).any(1)  # an object below half a loss-frame pixel would teach "predict nothing"
+    if bool(keep.any()) and not bool(keep.all()):
+        emb, coords, labels, gt, valid = emb[keep], coords[keep], labels[keep], gt[keep], valid[keep]
     total = torch.zeros(())
     metrics: dict[str, float] = {}
     for it in range(opt.click_iters + 1):
         low, iou = teacher.prompt_decoder(emb, coords, labels)
         up = low if side == low.shape[-1] else F.interpolate(low, (side, side), mode="bilinear", align_corners=False)
-        loss, parts = sam_loss(up, iou, gt, multimask=kind == "point" and it == 0, focal_weight=opt.focal_weight,
+        loss, parts = sam_loss(up, iou, gt, multimask=kind == "point" and it == 0,
+                               focal_weight=opt.focal_weight if focal_weight is None else focal_weight,
                                dice_weight=opt.dice_weight, iou_weight=opt.iou_weight, focal_alpha=opt.focal_alpha)
         total = total + loss
         if it == 0 or it == opt.click_iters:
@@ -189,7 +207,8 @@ def train_teacher(cfg: TeacherTrainConfig, log: Callable[[str], None] = print) -
             valid[i, : s.input_hw[0], : s.input_hw[1]] = True
         kind = "point" if rng.random() < opt.point_prob else "box"
         teacher.train()
-        loss, metrics = train_step(teacher, images, img_idx, gt, boxes, kind, opt, gen, valid[img_idx])
+        fw = focal_weight_at(progress, opt)
+        loss, metrics = train_step(teacher, images, img_idx, gt, boxes, kind, opt, gen, valid[img_idx], fw)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if opt.grad_clip > 0:
@@ -197,13 +216,14 @@ def train_teacher(cfg: TeacherTrainConfig, log: Callable[[str], None] = print) -
         optimizer.step()
         step += 1
         train_seconds += time.time() - ts
-        history.append({"step": step, "kind": kind, "loss": float(loss.detach()), "lr": lr, **metrics})
+        history.append({"step": step, "kind": kind, "loss": float(loss.detach()), "lr": lr, "focal_weight": fw,
+                        **metrics})
         if step % cfg.log_every == 0 or step == 1:
             recent = history[-cfg.log_every:]
             log(f"[teacher] step {step}/{opt.steps} loss {np.mean([h['loss'] for h in recent]):.4f} "
                 f"train IoU box {np.mean([h['train_iou@0'] for h in recent if h['kind'] == 'box'] or [np.nan]):.3f} "
                 f"point {np.mean([h['train_iou@0'] for h in recent if h['kind'] == 'point'] or [np.nan]):.3f} "
-                f"({train_seconds / step:.2f} s/step, {time.time() - t0:.0f} s)")
+                f"focal w {fw:.1f} ({train_seconds / step:.2f} s/step, {time.time() - t0:.0f} s)")
         if held and cfg.eval_every and step % cfg.eval_every == 0 and step < opt.steps:
             m = evaluate_teacher(teacher, held)
             evals.append({"step": step, **m})
