@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 requests = pytest.importorskip("requests")
 pytest.importorskip("ray.serve")
@@ -24,10 +23,11 @@ pytest.importorskip("ray.serve")
 from edgesam.data.rle import decode_segmentation  # noqa: E402
 from edgesam.formats.label_studio_tasks import result_to_mask  # noqa: E402
 from edgesam.inference import Predictor  # noqa: E402
-from edgesam.models import EdgeSAM, load_student, save_student  # noqa: E402
+from edgesam.models import load_student  # noqa: E402
 from serve.local import LocalServer, small_config  # noqa: E402
 from serve.samples import sample_image, sample_png  # noqa: E402
 from tests.imaging import b64  # noqa: E402
+from tests.students import random_student_checkpoint  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")]
 SERVER_TIMEOUT = 400  # five deployments (EmbeddingStore too): ~170 s to start on 2 saturated cores
@@ -80,10 +80,7 @@ def files():
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(321)
-    path = tmp_path_factory.mktemp("integrations") / "student_random.pt"
-    save_student(EdgeSAM(IMG).eval(), path, meta={"note": "random weights for tests"})
-    return path
+    return random_student_checkpoint(tmp_path_factory.mktemp("integrations") / "student_random.pt", IMG, seed=321)
 
 
 @pytest.fixture(scope="module")

@@ -20,14 +20,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-import torch
 
 requests = pytest.importorskip("requests")
 pytest.importorskip("ray.serve")
 
-from edgesam.models import EdgeSAM, save_student  # noqa: E402
 from serve.local import LocalServer, small_config  # noqa: E402
 from tests.imaging import png_bytes as _png  # noqa: E402
+from tests.students import random_student_checkpoint  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 IMG = 256
@@ -37,9 +36,7 @@ REPLICA = "x-edgesam-replica"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    torch.manual_seed(123)
-    ckpt = tmp_path_factory.mktemp("faults") / "student_random.pt"
-    save_student(EdgeSAM(IMG).eval(), ckpt, meta={"note": "random weights for tests"})
+    ckpt = random_student_checkpoint(tmp_path_factory.mktemp("faults") / "student_random.pt", IMG, seed=123)
     cfg = small_config(model={"checkpoint": str(ckpt)}, ingress={"num_replicas": 2, "num_cpus": 0.2},
                        cache={"max_embeddings": 16, "decoder_local": 8},
                        decoder={"batch_wait_timeout_s": 0.01, "max_ongoing_requests": 64})

@@ -8,23 +8,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from edgesam.inference import Predictor
-from edgesam.models import EdgeSAM, load_student, save_student
+from edgesam.models import load_student
 from serve.local import LocalServer, small_config
 from serve.samples import sample_image, sample_png
 from tests.imaging import b64 as _b64
+from tests.students import random_student_checkpoint
 
 from .helpers import BUDGET, H, IMG, KEY
 
 
 @pytest.fixture(scope="package")
 def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(123)
-    path = tmp_path_factory.mktemp("serve") / "student_random.pt"
-    save_student(EdgeSAM(IMG).eval(), path, meta={"note": "random weights for tests"})
-    return path
+    return random_student_checkpoint(tmp_path_factory.mktemp("serve") / "student_random.pt", IMG, seed=123)
 
 
 @pytest.fixture(scope="package")
