@@ -104,7 +104,8 @@ def build_cache_local(cache_cfg) -> dict:
 
     import edgesam
     from edgesam.data import cache as C
-    from pipelines.cache_teacher import _read_source, finalize, resolve_sources, teacher_identity
+    from edgesam.data.read_units import iter_unit
+    from pipelines.cache_teacher import finalize, resolve_units, teacher_identity
 
     t0 = time.time()
     out_dir = Path(cache_cfg.output.dir)
@@ -114,7 +115,8 @@ def build_cache_local(cache_cfg) -> dict:
     if previous and previous.get("status") == "complete":
         return previous
     done, _ = C.scan_done_ids(out_dir)
-    sources, fmt = resolve_sources(cache_cfg)
+    units, fmt = resolve_units(cache_cfg)
+    sources = sorted({u["source"] for u in units})
     pre = cache_cfg.preprocessing
     manifest = {"status": "in_progress", "identity": identity, "data": {"source": cache_cfg.data.source, "format": fmt,
                 "num_sources": len(sources)}, "schema": C.CACHE_SCHEMA.to_string(), "code_version": edgesam.__version__,
@@ -125,8 +127,8 @@ def build_cache_local(cache_cfg) -> dict:
                              cache_cfg.teacher.tiny_seed, cache_cfg.compute.torch_threads or 1)
     summary: list[dict] = []
     bs, per_file = cache_cfg.compute.batch_size, cache_cfg.output.rows_per_file
-    for src in sources:
-        raw = _read_source({"source": src, "format": fmt}, frozenset(done))
+    for unit in units:
+        raw = list(C.raw_rows(iter_unit(unit), frozenset(done)))
         if not raw:
             continue
         table = C.preprocess_table(pa.Table.from_pylist(raw), pre)

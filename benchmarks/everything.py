@@ -4,8 +4,9 @@
     python benchmarks/everything.py --checkpoint runs/sa1b/student.pt ...   # a distilled student with an RPN
     python benchmarks/everything.py --checkpoint runs/synthetic-gt/student.pt --img-size 256 \
         --dataset-sizes 192,320 --seed 2 --images 24 stability_score_thresh=0.8 rpn_score_thresh=0.3
-    python benchmarks/everything.py --checkpoint runs/synthetic-kd/student.pt --img-size 128 ...   # distilled from
-        # the trained small SAM teacher (configs/synthetic-kd.yaml), beside the GT-trained one
+    python benchmarks/everything.py --checkpoint runs/synthetic-kd/student.pt --img-size 128 --section everything-kd \
+        --dataset-sizes 192,320 --seed 2 --images 24 stability_score_thresh=0.8 rpn_score_thresh=0.3
+        # distilled from the trained small SAM teacher (configs/synthetic-kd.yaml), beside the GT-trained one
 
 Images are synthetic scenes (``edgesam.data.synthetic.make_scene``) with exact instance masks, so recall and AP
 are computed against true GT. Without ``--checkpoint`` the student and RPN have RANDOM weights: the timings
@@ -213,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wait", type=float, default=600, help="seconds to wait for a quiet machine before starting")
     p.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
     p.add_argument("--json", type=Path, default=None, help="also write the raw numbers here")
+    p.add_argument("--section", default=SECTION, help="BENCHMARKS.md section to write (e.g. everything-kd for the "
+                   "teacher-distilled student, beside the GT-trained one)")
     p.add_argument("--fullres", action="store_true", help="12 MP photos through ONNX Runtime, before vs after "
                    "(benchmarks/everything_fullres.py); --images photos, --before another checkout for the 'before' row")
     p.add_argument("--before", type=Path, default=None, help="with --fullres: a checkout whose code gives the 'before' row")
@@ -247,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
         desc = (f"{len(imgs)} images of the synthetic SA-1B-format set with seed {args.seed} (long side {size_range[0]}-"
                 f"{size_range[1]} px, JPEG, exact GT masks; the training set uses seed 0, so none was trained on)")
     body = render(info, cmd, results, random_weights, desc, args.img_size, loads, cfgs, post)
-    replace_section(args.out, SECTION, HEADING, body)
+    heading = HEADING if args.section == SECTION else f"{HEADING} ({args.section})"
+    replace_section(args.out, args.section, heading, body)
     if args.json:
         args.json.write_text(json.dumps({"info": info, "loads": loads, "results": results, "postprocess": post,
                                          "random_weights": random_weights}, indent=2, default=float))

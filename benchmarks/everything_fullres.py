@@ -191,8 +191,7 @@ def main_fullres(args, cmd: str) -> int:
     info = machine_info(1) | {"isa": cpu_isa(), "load_start": load_average()}
     torch.set_num_threads(1)
     model, random_weights = build_model(args.checkpoint, args.img_size, args.seed)
-    info["weights"] = ("RANDOM student + RPN" if random_weights else f"`{args.checkpoint}` (briefly trained, see "
-                       "benchmarks/quick_student.py; its RPN is untrained)") + f", S = {args.img_size}"
+    info["weights"] = ("RANDOM student + RPN" if random_weights else f"`{args.checkpoint}`") + f", S = {args.img_size}"
     floor = floor_gmacs(model, SETTINGS["max_proposals"])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

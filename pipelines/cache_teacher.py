@@ -50,6 +50,7 @@ class CacheComputeCfg(StrictModel):
     max_actors: int = 1  # > min_actors lets the pool (and an autoscaling cluster) grow
     num_cpus_per_actor: float = 0.5  # fractional on small machines: whole-CPU actors can starve readers
     num_gpus_per_actor: float = 0.0
+    num_cpus_per_task: float = 1.0  # read, preprocess and write tasks; below 1 lets them run beside the teacher actor
     teacher_resources: dict[str, float] = {}  # e.g. {"teacher": 1} to pin actors to a node type
     batch_size: int = 4
     preprocess_batch_size: int = 8
@@ -136,9 +137,9 @@ def _build_dataset(cfg: CacheConfig, units: list[dict], done_ids: frozenset[str]
     comp = cfg.compute
     # a unit travels as a JSON string: COCO annotations are too irregular for an Arrow struct column
     ds = ray.data.from_items([{"unit": json.dumps(u)} for u in units], override_num_blocks=max(1, len(units)))
-    ds = ds.flat_map(_read_unit, fn_kwargs={"done_ids": done_ids})
+    ds = ds.flat_map(_read_unit, fn_kwargs={"done_ids": done_ids}, num_cpus=comp.num_cpus_per_task)
     ds = ds.map_batches(C.preprocess_table, batch_format="pyarrow", batch_size=comp.preprocess_batch_size,
-                        fn_kwargs={"pre": pre})
+                        fn_kwargs={"pre": pre}, num_cpus=comp.num_cpus_per_task)
     remote_args = {"resources": comp.teacher_resources} if comp.teacher_resources else {}
     ds = ds.map_batches(
         C.TeacherBatch, batch_format="pyarrow", batch_size=comp.batch_size,
@@ -148,7 +149,8 @@ def _build_dataset(cfg: CacheConfig, units: list[dict], done_ids: frozenset[str]
         compute=ray.data.ActorPoolStrategy(min_size=comp.min_actors, max_size=comp.max_actors),
         num_cpus=comp.num_cpus_per_actor, num_gpus=comp.num_gpus_per_actor, **remote_args)
     return ds.map_batches(C.write_shard, batch_format="pyarrow", batch_size=cfg.output.rows_per_file,
-                          fn_kwargs={"out_dir": cfg.output.dir, "pre": pre, "row_group_size": cfg.output.row_group_size})
+                          fn_kwargs={"out_dir": cfg.output.dir, "pre": pre, "row_group_size": cfg.output.row_group_size},
+                          num_cpus=comp.num_cpus_per_task)
 
 
 def teacher_identity(cfg: CacheConfig) -> dict:

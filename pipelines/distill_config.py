@@ -92,6 +92,7 @@ class EvalCfg(StrictModel):
     refine_clicks: int = 2
     seed: int = 0
     every_epoch: bool = True  # held-out evaluation after every epoch of steps 1-2; False: after each step's last
+    per_step: bool = True  # False: no held-out evaluation inside steps 1-2, only the final one at the end of the run
 
 
 class RpnCfg(StrictModel):

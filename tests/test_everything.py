@@ -172,7 +172,7 @@ def test_grid_mode_emits_points_per_side_squared_prompts_in_batches(model, scene
 
 def test_rpn_mode_one_decoder_call_per_image_and_crop(model, scenes):
     gen, dec = _generator(model, mode="rpn", rpn_score_thresh=0.0, rpn_nms_iou=1.0, max_proposals=12,
-                          stability_score_thresh=0.0)
+                          stability_score_thresh=0.0, decoder_chunk={"cpu": 16})
     for img, _ in scenes:
         gen.generate(img)
     assert dec.calls == [(12, 2), (12, 2)]
@@ -243,7 +243,8 @@ def test_onnx_rpn_mode_matches_torch(model, scenes, tmp_path):
 
     files = export_all(model, tmp_path)
     assert files["rpn"] == tmp_path / "rpn.onnx"  # a student with an RPN exports it beside encoder/decoder
-    cfg = EverythingConfig(mode="rpn", num_outputs=3, rpn_score_thresh=0.0, max_proposals=10, stability_score_thresh=0.0)
+    cfg = EverythingConfig(mode="rpn", num_outputs=3, rpn_score_thresh=0.0, max_proposals=10, stability_score_thresh=0.0,
+                          decoder_chunk={"cpu": 16})
     files["rpn"].unlink()
     with pytest.raises(FileNotFoundError, match="rpn.onnx"):
         EverythingGenerator.from_onnx(tmp_path, cfg)

@@ -28,8 +28,8 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pycocotools import mask as mask_utils
 
+from ..data.rle import decode_rles
 from ..data.transforms import lowres_masks, postprocess_masks, valid_mask
 from ..distill.prompts import (PROMPT_KINDS, append_points, centre_click, make_prompt_batch, sample_error_points,
                                sample_gt_prompts)
@@ -97,7 +97,7 @@ class EvalSample:
         rles = [r if isinstance(r, dict) else {"size": [h, w], "counts": r} for r in self.gt_rles[start:stop]]
         if not rles:
             return np.zeros((0, h, w), bool)
-        return np.moveaxis(mask_utils.decode(rles), -1, 0).astype(bool)
+        return decode_rles(rles)
 
     @classmethod
     def from_cache_row(cls, row: dict, max_instances: int = 64, rng: np.random.Generator | None = None) -> "EvalSample":

@@ -77,10 +77,10 @@ class EverythingConfig(StrictModel):
     crop_overlap_ratio: float = Field(512 / 1500, ge=0, lt=1)
     crop_nms_iou: float = Field(0.7, gt=0, le=1)
     max_masks: int = Field(1000, ge=1)
-    upsample_chunk: int = Field(8, ge=1)  # unused since low-res post-processing (one bbox at a time); kept for configs
-    # prompts per decoder call, per device kind (memory bound: the decoder holds (N,256,64,64) activations; on CPU
-    # the cost per prompt is flat beyond ~16, on a GPU larger calls fill the device)
-    decoder_chunk: dict[str, int] = Field(default_factory=lambda: {"cpu": 16, "cuda": 256})
+    # prompts per decoder call, per device kind (memory bound: ONNX Runtime's arena holds the largest call, ~35 MB
+    # per prompt at S = 1024; 8 keeps a 1-CPU actor under 2 GB at 12 MP, and the split decoder's image side runs
+    # once per image whatever the chunk; on a GPU larger calls fill the device)
+    decoder_chunk: dict[str, int] = Field(default_factory=lambda: {"cpu": 8, "cuda": 256})
     # ranking score (NMS order, output order, COCO score): the stability score (EdgeSAM does not distil the IoU
     # head), the IoU head (a student trained on GT masks, step2.mask_target), or their product
     score: Literal["stability", "iou", "iou*stability", "rpn*stability"] = "stability"
@@ -91,7 +91,7 @@ class EverythingConfig(StrictModel):
     def chunk_for(self, device: str) -> int:
         """Prompts per decoder call on ``device`` ("cpu", "cuda", "cuda:1", ...; unknown kinds use the CPU's)."""
         kind = str(device).split(":", 1)[0]
-        return max(1, int(self.decoder_chunk.get(kind, self.decoder_chunk.get("cpu", 16))))
+        return max(1, int(self.decoder_chunk.get(kind, self.decoder_chunk.get("cpu", 8))))
 
 
 def candidates_from_logits(logits: np.ndarray | torch.Tensor, iou: np.ndarray | torch.Tensor, cfg: EverythingConfig,
