@@ -191,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                    "(then run seed sets in parallel processes on it)")
     p.add_argument("--merge", action="store_true", help="only combine --work-dir's ablation-s*.json and report")
     p.add_argument("--out", default=None)
+    p.add_argument("--section", default="ablation", help="BENCHMARKS.md section (ablation14: the trained teacher's)")
     a = p.parse_args(argv)
     if a.merge:
         if not a.work_dir:
@@ -198,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         body = render(*merge(Path(a.work_dir)))
         print(body)
         if a.out:
-            replace_section(a.out, "ablation", "## Distillation ablation: encoder KD vs + prompt-in-the-loop (issues 4, 14)", body)
+            replace_section(a.out, a.section, "## Distillation ablation: encoder KD vs + prompt-in-the-loop (issues 4, 14)", body)
         return 0
     variants = list(VARIANTS) if a.variants == ["all"] else a.variants
     if a.steps is None:
@@ -264,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     body = render(results, [meta])
     print(body)
     if a.out:
-        replace_section(a.out, "ablation", "## Distillation ablation: encoder KD vs + prompt-in-the-loop (issues 4, 14)", body)
+        replace_section(a.out, a.section, "## Distillation ablation: encoder KD vs + prompt-in-the-loop (issues 4, 14)", body)
     return 0
 
 
