@@ -91,8 +91,9 @@ class EvalCfg(StrictModel):
     max_instances_per_image: int = 16
     refine_clicks: int = 2
     seed: int = 0
-    every_epoch: bool = True  # held-out evaluation after every epoch of steps 1-2; False: after each step's last
-    per_step: bool = True  # False: no held-out evaluation inside steps 1-2, only the final one at the end of the run
+    # held-out evaluation inside steps 1-2: after every epoch, after each step's last epoch, or never (the final
+    # evaluation at the end of the run happens in every case)
+    during_steps: Literal["every_epoch", "last_epoch", "off"] = "every_epoch"
 
 
 class RpnCfg(StrictModel):

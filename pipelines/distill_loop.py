@@ -278,8 +278,8 @@ def train_loop_per_worker(config: dict) -> None:
             last_in_epoch = global_step == (epoch + 1) * spe
             if last_in_epoch:
                 metrics = {}
-                ev = config["eval"]
-                wanted = ev.get("per_step", True) and (ev.get("every_epoch", True) or epoch == step.epochs - 1)
+                when = config["eval"].get("during_steps", "every_epoch")
+                wanted = when == "every_epoch" or (when == "last_epoch" and epoch == step.epochs - 1)
                 if rank == 0 and config["holdout_ids"] and step.kind != "rpn" and wanted:
                     push(config.get("progress"), step=global_step, phase="eval")
                     metrics = evaluate_holdout(model, teacher_pd, config, device)
