@@ -123,7 +123,8 @@ def table(results: dict[str, list[dict]], ref: str) -> list[str]:
 def cmd_line(a, steps1: int, steps2: int, variants: list[str]) -> str:
     return (f"python benchmarks/ablation.py --teacher-name {a.teacher_name}"
             + (f" --teacher-checkpoint {a.teacher_checkpoint}" if a.teacher_checkpoint else "")
-            + f" --img-size {a.img_size} --images {a.images} --steps1 {steps1} --steps2 {steps2} --batch-size {a.batch_size}"
+            + f" --img-size {a.img_size} --images {a.images} --eval-images {a.eval_images} --steps1 {steps1} --steps2 {steps2}"
+            + f" --batch-size {a.batch_size}"
             + f" --seeds {' '.join(map(str, a.seeds))} --variants {' '.join(variants)} --engine {a.engine}"
             + (f" --work-dir {a.work_dir}" if a.work_dir else ""))
 
@@ -154,7 +155,7 @@ def render(results: dict[str, list[dict]], metas: list[dict]) -> str:
 
 
 def merge(work_dir: Path) -> tuple[dict[str, list[dict]], list[dict]]:
-    """Combine the ``ablation-s*.json`` files of parallel invocations (one per seed set) in ``work_dir``."""
+    """Combine the ``ablation-s*.json`` files of parallel invocations (one per seed set and variant list) in ``work_dir``."""
     results: dict[str, list[dict]] = {}
     metas = []
     for f in sorted(work_dir.glob("ablation-s*.json")):
@@ -164,7 +165,8 @@ def merge(work_dir: Path) -> tuple[dict[str, list[dict]], list[dict]]:
             results.setdefault(v, []).extend(runs)
     if not metas:
         raise SystemExit(f"no ablation-s*.json in {work_dir}")
-    keys = {(m["teacher_name"], m["images"], m["img_size"], m["batch_size"], m["steps1"], m["steps2"]) for m in metas}
+    keys = {(m["teacher_name"], m["images"], m.get("eval_images"), m["img_size"], m["batch_size"], m["steps1"], m["steps2"])
+            for m in metas}
     if len(keys) > 1:
         raise SystemExit(f"the runs in {work_dir} differ in setup: {keys}")
     return {v: sorted(r, key=lambda x: x["seed"]) for v, r in results.items()}, metas
@@ -219,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
             "eval.holdout_fraction=0.2", "eval.max_instances_per_image=8", "train.torch_threads=1"]
     t0 = time.time()
     results: dict[str, list[dict]] = {v: [] for v in variants}
+    # per (seed set, variants): parallel invocations on one --work-dir do not overwrite each other
+    run_tag = "s" + "-".join(map(str, a.seeds)) + "-" + "-".join(variants)
     try:
         if a.engine == "local":
             from benchmarks.ablation_local import build_cache_local
@@ -249,18 +253,17 @@ def main(argv: list[str] | None = None) -> int:
                 results[v].append({"seed": seed, "metrics": metrics, "steps": steps, "wall_s": round(wall, 1)})
                 print(f"[ablation] {v} seed {seed}: {steps} steps, {wall:.0f} s: "
                       + " ".join(f"{k} {metrics[f'student_vs_gt/{k}']:.1f}" for k in STAGES), flush=True)
-                # per seed set, so parallel invocations on one --work-dir do not overwrite each other's progress
-                (tmp / ("partial-s" + "-".join(map(str, a.seeds)) + ".json")).write_text(json.dumps(results, indent=1))
+                (tmp / f"partial-{run_tag}.json").write_text(json.dumps(results, indent=1))
         if ray.is_initialized():
             ray.shutdown()
     finally:
         if not a.work_dir:
             shutil.rmtree(tmp, ignore_errors=True)
     meta = {"cmd": cmd_line(a, steps1, steps2, variants), "teacher_name": a.teacher_name,
-            "teacher_checkpoint": a.teacher_checkpoint, "images": a.images, "img_size": a.img_size,
+            "teacher_checkpoint": a.teacher_checkpoint, "images": a.images, "eval_images": a.eval_images, "img_size": a.img_size,
             "batch_size": a.batch_size, "steps1": steps1, "steps2": steps2, "seconds": round(time.time() - t0)}
     if a.work_dir:
-        name = "ablation-s" + "-".join(map(str, a.seeds)) + ".json"
+        name = f"ablation-{run_tag}.json"
         (Path(a.work_dir) / name).write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     body = render(results, [meta])
     print(body)

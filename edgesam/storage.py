@@ -137,6 +137,14 @@ def size(path: PathLike) -> int:
     return int(info.size)
 
 
+def stat(path: PathLike) -> tuple[int, int | None]:
+    """(size in bytes, modification time in ns or None where the store keeps none); FileNotFoundError if absent."""
+    info = _info(path)
+    if info.type != pafs.FileType.File:
+        raise FileNotFoundError(f"not a file: {path}")
+    return int(info.size), info.mtime_ns
+
+
 def listdir(path: PathLike, recursive: bool = False, dirs: bool = False) -> list[str]:
     """Files (and with ``dirs`` also directories) below ``path``, sorted, as paths relative to it; [] if
     ``path`` does not exist."""

@@ -81,7 +81,7 @@ def run_step(cfg: DistillConfig, step: StepConfig, split: dict, init_checkpoint:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from pipelines.distill_data import step_columns, train_dataset
+    from pipelines.distill_data import materialized_blocks, step_columns, train_dataset
     from pipelines.distill_loop import train_loop_per_worker
     from pipelines.ray_init import init_ray
     from pipelines.train_progress import TrainBar, progress_board
@@ -100,7 +100,9 @@ def run_step(cfg: DistillConfig, step: StepConfig, split: dict, init_checkpoint:
 
     sc = cfg.train.scaling
     # Fractional CPUs for the feeding tasks: with the train workers placed, a node may have < 1 CPU free.
-    ds = train_dataset(split, step_columns(step.kind, step.mask_target), cfg.train.data_task_cpus)
+    ds = train_dataset(split, step_columns(step.kind, step.mask_target), cfg.train.data_task_cpus,
+                       cfg.train.materialize_max_mib)
+    blocks = materialized_blocks(ds)  # a small split goes to the workers by reference, not through Ray Data
     loop_cfg = {
         "step": step.model_dump(mode="json"), "img_size": cfg.cache.preprocessing.img_size,
         "teacher": cfg.cache.teacher.model_dump(mode="json"), "init_checkpoint": init_checkpoint,
@@ -110,6 +112,7 @@ def run_step(cfg: DistillConfig, step: StepConfig, split: dict, init_checkpoint:
         "init_has_rpn": step.kind != "rpn" and _has_rpn(init_checkpoint), "seen_ids_dir": cfg.train.seen_ids_dir, "rpn": cfg.rpn.model_dump(mode="json"),
         "torch_threads": cfg.train.torch_threads, "identity_sha256": digest(identity), "progress": progress_board(),
         "backbone_checkpoint": cfg.student.backbone_checkpoint, "decoder_init": cfg.student.decoder_init,
+        "train_blocks": blocks,
     }
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config=loop_cfg,
@@ -120,7 +123,7 @@ def run_step(cfg: DistillConfig, step: StepConfig, split: dict, init_checkpoint:
         run_config=RunConfig(name=run_name, storage_path=storage,
                              failure_config=FailureConfig(max_failures=cfg.train.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.num_checkpoints_to_keep)),
-        datasets={"train": ds})
+        datasets=None if blocks is not None else {"train": ds})
     spe = split["steps_per_epoch"][step.kind]
     with TrainBar(progress_board(), f"{step.kind} ({spe}/epoch x {step.epochs}, {sc.num_workers} worker)", spe * step.epochs):
         result = trainer.fit()

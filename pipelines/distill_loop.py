@@ -233,7 +233,12 @@ def train_loop_per_worker(config: dict) -> None:
             push(config.get("progress"), msg=f"resumed {step.kind} at step {global_step}/{total}")
     ddp = ray.train.torch.prepare_model(loss_module, parallel_strategy_kwargs={"find_unused_parameters": step.kind != "encoder_kd"})
     teacher_pd.to(device)
-    shard = ray.train.get_dataset_shard("train")
+    if config.get("train_blocks") is not None:
+        from pipelines.distill_data import BlockShard
+
+        shard = BlockShard(ray.get(config["train_blocks"]), rank, world)
+    else:
+        shard = ray.train.get_dataset_shard("train")
     seen_dir = config.get("seen_ids_dir")
     if seen_dir:  # tests: which worker process trained on what
         Path(seen_dir).mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ def test_ablation_variants_run_equal_steps_and_merge(tmp_path):
     assert main([*args, "--seeds", "0", "--variants", "enc-only", "enc-prompt-frozen"]) == 0
     manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["counts"]["images"] == 16
-    doc = json.loads((tmp_path / "ablation-s0.json").read_text())
+    doc = json.loads((tmp_path / "ablation-s0-enc-only-enc-prompt-frozen.json").read_text())
     runs = doc["results"]
     assert runs["enc-only"][0]["steps"] == {"encoder_kd": 3}
     assert runs["enc-prompt-frozen"][0]["steps"] == {"encoder_kd": 2, "prompt_kd": 1}

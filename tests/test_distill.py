@@ -155,7 +155,8 @@ def test_two_nodes_train_on_disjoint_shards(tmp_path):
         rc = main(["--config", "quickstart", *_overrides(tmp_path, "mn", **{
             "step2.enabled": False, "step3.enabled": False, "export.onnx": False, "step1.epochs": 1,
             "train.scaling.num_workers": 2, "train.scaling.placement_strategy": "STRICT_SPREAD",
-            "cache.data.sample_images": 20, "train.scaling.resources_per_worker": "{CPU: 1}"})])
+            "cache.data.sample_images": 20, "train.scaling.resources_per_worker": "{CPU: 1}",
+            "train.materialize_max_mib": 0})])  # Ray Data's streaming split, the large-cache path
         assert rc == 0
         seen = tmp_path / "seen"
         ids = [set((seen / f"encoder_kd-rank{r}.txt").read_text().split()) for r in (0, 1)]

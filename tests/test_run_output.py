@@ -79,7 +79,7 @@ def test_dataset_filter_and_read_raise_no_deprecation(tmp_path):
     import pyarrow.parquet as pq
     import ray
 
-    from pipelines.distill_data import BASE_COLUMNS, GT_COLUMNS, train_dataset
+    from pipelines.distill_data import BASE_COLUMNS, GT_COLUMNS, BlockShard, materialized_blocks, train_dataset
 
     cols = {c: [b"x", b"y", b"z"] if c in ("image_jpeg", "embedding") else [1, 2, 3] for c in BASE_COLUMNS + GT_COLUMNS}
     cols["image_id"] = ["a", "b", "c"]
@@ -94,5 +94,24 @@ def test_dataset_filter_and_read_raise_no_deprecation(tmp_path):
                 or "instead of 'fn'" in str(w.message)]
         assert not ours, [f"{w.filename}:{w.lineno}: {w.message}" for w in ours]
         assert sorted(r["image_id"] for r in ds.take_all()) == ["a", "c"]
+        blocks = materialized_blocks(ds)  # small: handed to the workers by reference
+        assert blocks is not None
+        assert [t.column("image_id").to_pylist() for t in BlockShard(ray.get(blocks), 0, 1).iter_batches(1)] == [["a"], ["c"]]
+        streamed = train_dataset({"train_files": [str(path)], "holdout_ids": ["b"]}, BASE_COLUMNS, 0.25, 0)
+        assert materialized_blocks(streamed) is None
     finally:
         ray.shutdown()
+
+
+def test_block_shards_are_disjoint_equal_and_drop_the_tail():
+    import pyarrow as pa
+
+    from pipelines.distill_data import BlockShard
+
+    tables = [pa.table({"image_id": [f"i{k}" for k in range(7)]}), pa.table({"image_id": ["i7", "i8", "i9", "i10"]})]
+    shards = [BlockShard(tables, r, 2) for r in (0, 1)]
+    ids = [[i for t in s.iter_batches(2) for i in t.column("image_id").to_pylist()] for s in shards]
+    assert [len(x) for x in ids] == [4, 4]  # 11 rows -> 5 per worker -> 2 full batches of 2
+    assert not set(ids[0]) & set(ids[1])
+    assert [t.num_rows for t in shards[0].iter_batches(2, drop_last=False)] == [2, 2, 1]
+    assert ids[0] == [i for t in shards[0].iter_batches(2) for i in t.column("image_id").to_pylist()]  # same order
