@@ -70,7 +70,7 @@ def run_local(cfg, split: dict, variant: str, seed: int, steps1: int, steps2: in
     plan = [(cfg.step1, steps1 + steps2)] if variant == "enc-only" else [(cfg.step1, steps1), (cfg.step2, steps2)]
     t = cfg.cache.teacher
     metrics, history = distil_and_evaluate(plan, split, t.name, t.checkpoint, cfg.cache.preprocessing.img_size,
-                                           seed, cfg.eval)
+                                           seed, cfg.eval, cfg.train.torch_threads or 1)
     steps: dict[str, int] = {}
     for h in history:
         steps[h["kind"]] = steps.get(h["kind"], 0) + 1

@@ -76,9 +76,11 @@ def run_step(model: EdgeSAM, teacher_pd, table: pa.Table, step: StepConfig, num_
 
 
 def distil_and_evaluate(steps: list[tuple[StepConfig, int]], split: dict, teacher_name: str, teacher_ckpt: str | None,
-                        img_size: int, seed: int, eval_cfg) -> tuple[dict, list[dict]]:
+                        img_size: int, seed: int, eval_cfg, threads: int = 1) -> tuple[dict, list[dict]]:
     """Student from scratch (decoder = the teacher's), the given (step, num_steps) in order, then the held-out
-    report of :func:`pipelines.evaluate.evaluate_rows` (student vs GT, vs teacher, teacher vs GT)."""
+    report of :func:`pipelines.evaluate.evaluate_rows` (student vs GT, vs teacher, teacher vs GT).
+    ``threads``: torch intra-op threads (1: seed sets run as parallel processes, one per core)."""
+    torch.set_num_threads(threads)
     torch.manual_seed(seed)
     model = EdgeSAM(img_size)
     teacher_pd = build_teacher_prompt_decoder(teacher_name, teacher_ckpt, img_size)
