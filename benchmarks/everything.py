@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps({"info": info, "loads": loads, "results": results, "postprocess": post,
                                          "random_weights": random_weights}, indent=2, default=float))
     print(body)
-    print(f"wrote section '{SECTION}' of {args.out}")
+    print(f"wrote section '{args.section}' of {args.out}")
     return 0
 
 
