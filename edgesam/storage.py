@@ -131,10 +131,7 @@ def is_dir(path: PathLike) -> bool:
 
 def size(path: PathLike) -> int:
     """File size in bytes; FileNotFoundError if absent."""
-    info = _info(path)
-    if info.type != pafs.FileType.File:
-        raise FileNotFoundError(f"not a file: {path}")
-    return int(info.size)
+    return stat(path)[0]
 
 
 def stat(path: PathLike) -> tuple[int, int | None]:

@@ -49,8 +49,8 @@ class TrainCfg(StrictModel):
     max_failures: int = 2
     seen_ids_dir: str | None = None  # tests: each worker appends the image ids it trained on here
     data_task_cpus: float = 0.25  # Ray Data read/filter tasks feeding the workers
-    # A train split whose Parquet files total at most this is read once per run and its blocks handed to the
-    # workers by reference; a larger one (or one on s3://) streams through Ray Data every epoch. 0 = always stream.
+    # A train split whose Parquet files (local or s3:// / gs://) total at most this is read once per run and its
+    # blocks handed to the workers by reference; a larger one streams through Ray Data every epoch. 0 = always stream.
     materialize_max_mib: float = 256
     sync_bn: bool = False  # SyncBatchNorm across GPU workers (step 1 in the paper)
     torch_threads: int | None = None  # intra-op threads per CPU worker (default: OMP_NUM_THREADS Ray sets)

@@ -9,7 +9,6 @@ as before (lazy, exactly the step's columns).
 """
 from __future__ import annotations
 
-
 BASE_COLUMNS = ["image_id", "image_jpeg", "embedding", "input_height", "input_width", "gt_boxes", "gt_points"]
 GT_COLUMNS = ["gt_rles", "orig_height", "orig_width"]  # prompt_kd with GT mask targets
 
@@ -35,7 +34,7 @@ def _small_files(files: list[str], max_bytes: float) -> tuple | None:
     return tuple(stats)
 
 
-def train_dataset(split: dict, columns: list[str], cpus: float, materialize_max_mib: float = 256):
+def train_dataset(split: dict, columns: list[str], cpus: float, materialize_max_mib: float):
     """A Ray Dataset of the training rows with at least ``columns`` (extra columns are ignored by the loop);
     materialized when the split's Parquet files total at most ``materialize_max_mib`` MiB."""
     import ray

@@ -89,7 +89,7 @@ def test_dataset_filter_and_read_raise_no_deprecation(tmp_path):
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            ds = train_dataset({"train_files": [str(path)], "holdout_ids": ["b"]}, BASE_COLUMNS, 0.25)
+            ds = train_dataset({"train_files": [str(path)], "holdout_ids": ["b"]}, BASE_COLUMNS, 0.25, 256)
         ours = [w for w in caught if "pipelines" in w.filename or "ray_remote_args" in str(w.message)
                 or "instead of 'fn'" in str(w.message)]
         assert not ours, [f"{w.filename}:{w.lineno}: {w.message}" for w in ours]
