@@ -25,6 +25,10 @@ class AnnotateModelCfg(StrictModel):
     threads: int | None = None  # intra-op threads per actor; None: max(1, round(compute.num_cpus))
     seed: int = 0  # random weights only
     rpn_config: dict[str, Any] = Field(default_factory=lambda: {"width": 64, "num_convs": 2})  # random RPN only
+    # INT8 encoder / RPN backbone and decoder upscaling in ONNX Runtime (edgesam.inference.quantize), or
+    # "decoder" only (the INT8 backbone gains on VNNI CPUs, not on AVX2-only ones); with a checkpoint it implies
+    # the onnxruntime backend. Accuracy and speed-up: BENCHMARKS.md, section int8
+    int8: bool | Literal["decoder"] = False
 
 
 class AnnotateInputCfg(StrictModel):

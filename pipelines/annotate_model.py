@@ -80,8 +80,11 @@ def build_generator(cfg: AnnotateConfig, device: str | None = None):
         raise ValueError("give model.checkpoint or model.onnx_dir, not both")
     if m.onnx_dir and m.backend == "torch":
         raise ValueError("model.backend=torch needs model.checkpoint (or random weights), not model.onnx_dir")
+    if m.int8 and (m.backend == "torch" or device != "cpu"):
+        raise ValueError(f"model.int8 runs in ONNX Runtime on the CPU, got model.backend={m.backend}, device={device}")
     if m.onnx_dir:  # encoder/decoder through edgesam.inference.runtime.make_backends, plus rpn.onnx
-        return EverythingGenerator.from_onnx(storage.fetch(m.onnx_dir), cfg.everything, device=device, threads=threads)
+        return EverythingGenerator.from_onnx(storage.fetch(m.onnx_dir), cfg.everything, device=device,
+                                             threads=threads, int8=m.int8)
     if m.checkpoint:
         from edgesam.models import load_student
 
@@ -95,12 +98,12 @@ def build_generator(cfg: AnnotateConfig, device: str | None = None):
         model = EdgeSAM(m.img_size).eval()
         if cfg.everything.mode == "rpn":
             model.rpn = build_rpn(model.image_encoder.feature_channels, **m.rpn_config).eval()
-    if m.backend == "onnxruntime":  # the same weights, exported once (keyed by their hash) and run in ORT
+    if m.backend == "onnxruntime" or m.int8:  # the same weights, exported once (keyed by their hash), in ORT
         from edgesam.export.cache import cached_export
 
         from edgesam.models.teacher import sha256_file
 
         sha = sha256_file(m.checkpoint) if m.checkpoint else "random"
         onnx_dir = cached_export(model, m.export_cache_dir, sha)
-        return EverythingGenerator.from_onnx(onnx_dir, cfg.everything, device=device, threads=threads)
+        return EverythingGenerator.from_onnx(onnx_dir, cfg.everything, device=device, threads=threads, int8=m.int8)
     return EverythingGenerator.from_model(model, cfg.everything, device=device)

@@ -41,11 +41,18 @@ class ModelSection(StrictModel):
     trt_max_batch: int = Field(8, ge=1, le=256)  # tensorrt encoder engine: images per execute (>= encoder.max_batch_size)
     export_cache_dir: str | None = None  # ONNX exports of checkpoints (default $EDGESAM_ONNX_CACHE or ~/.cache/edgesam/onnx)
     threads: int | None = Field(None, ge=1, description="intra-op CPU threads per replica (torch / onnxruntime)")
+    # onnxruntime on CPU: INT8 encoder channel mixers and decoder upscaling (edgesam.inference.quantize), or
+    # "decoder" only (the INT8 encoder gains on VNNI CPUs, not on AVX2-only ones); written beside the fp32
+    # graphs on first use. Mask IoU vs fp32 and speed-up: BENCHMARKS.md, section int8
+    int8: bool | Literal["decoder"] = False
 
     @model_validator(mode="after")
     def _check(self) -> "ModelSection":
         if self.img_size % 64:
             raise ValueError(f"model.img_size must be a multiple of 64, got {self.img_size}")
+        if self.int8 and (self.backend not in ("auto", "onnxruntime") or self.device != "cpu"):
+            raise ValueError(f"model.int8 runs on backend onnxruntime with device cpu, got backend={self.backend!r}, "
+                             f"device={self.device!r}")
         return self
 
 

@@ -78,6 +78,8 @@ def resolve_kind(cfg: ModelSection) -> str:
     checkpoint (or random) model, see :func:`load_backends`."""
     if cfg.backend != "auto":
         return cfg.backend
+    if cfg.int8:  # an ONNX Runtime (CPU) recipe
+        return "onnxruntime"
     if cfg.device == "cuda":
         if importlib.util.find_spec("tensorrt") is not None:
             return "tensorrt"
@@ -182,7 +184,8 @@ def load_backends(cfg: ModelSection, with_rpn: bool = False, max_prompts: int = 
         if not cfg.onnx_dir:  # serve the checkpoint (or random) model through a cached ONNX export
             cfg, source = _export_for_serving(cfg)
         enc, dec = make_backends(kind, onnx_dir=cfg.onnx_dir, device=cfg.device, threads=cfg.threads,
-                                 precision=cfg.precision, max_batch=cfg.trt_max_batch, max_prompts=max_prompts)
+                                 precision=cfg.precision, max_batch=cfg.trt_max_batch, max_prompts=max_prompts,
+                                 int8=cfg.int8)
         info = describe_onnx(cfg, kind)
         if source is not None:  # report the checkpoint it came from, not the cache folder
             info.identity, info.weights = source.identity, source.weights

@@ -233,6 +233,15 @@ def test_worker_onnx_and_checkpoint_branches(tmp_path):
     a = json.loads(part_path(tmp_path / "out_rpn_ort", 7).read_text())
     b = json.loads(part_path(tmp_path / "out_rpn_ckpt", 7).read_text())
     assert len(a["annotations"]) == len(b["annotations"])
+    # model.int8: the INT8 backbone of rpn.onnx and prompt decoder, the same proposals within quantisation error
+    cfg = load_config(AnnotateConfig, "annotate", [*OVERRIDES, f"model.onnx_dir={onnx_dir}", "model.int8=true"])
+    i8 = AnnotateWorker(cfg.model_dump(mode="json"), str(tmp_path / "out_int8"))
+    assert i8.gen.decoder.name.endswith("-int8") and i8.gen.rpn.name.endswith("-int8")
+    assert i8.label(item)["status"] == "labelled" and part_path(tmp_path / "out_int8", 7).is_file()
+    with pytest.raises(ValueError, match="model.int8 runs in ONNX Runtime"):
+        AnnotateWorker(load_config(AnnotateConfig, "annotate", [*OVERRIDES, f"model.checkpoint={with_rpn}",
+                                                                "model.backend=torch", "model.int8=true"]
+                                   ).model_dump(mode="json"), str(tmp_path / "out_bad8"))
     with pytest.raises(ValueError, match="backend=torch"):
         AnnotateWorker(load_config(AnnotateConfig, "annotate", [*OVERRIDES, f"model.onnx_dir={onnx_dir}",
                                                                 "model.backend=torch"]).model_dump(mode="json"),

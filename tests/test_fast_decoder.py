@@ -1,4 +1,4 @@
-"""Split decoder (image side once per image) and INT8 graphs: equivalence with the reference decoder."""
+"""Split decoder (image side once per image): equivalence with the reference decoder."""
 from __future__ import annotations
 
 import numpy as np
@@ -79,24 +79,3 @@ def test_ort_fast_decoder_matches_torch_and_caches_image_side(model, tmp_path):
     assert make_ort_decoder(tmp_path, threads=1, flavour="reference").name == "onnxruntime-cpu"
     with pytest.raises(ValueError, match="flavour"):
         make_ort_decoder(tmp_path, flavour="turbo")
-
-
-@pytest.mark.slow
-def test_int8_decoder_close_to_fp32(model, tmp_path):
-    pytest.importorskip("onnxruntime")
-    from edgesam.inference.ort_fast import make_ort_decoder
-
-    export_decoder(model, tmp_path / "decoder.onnx")
-    export_fast_decoder(model, tmp_path)
-    fp32 = make_ort_decoder(tmp_path, threads=1)
-    int8 = make_ort_decoder(tmp_path, threads=1, int8=True)
-    assert (tmp_path / "decoder_prompt.int8.onnx").is_file() and "int8" in int8.name
-    emb = np.random.default_rng(0).standard_normal((1, 256, S // 16, S // 16)).astype(np.float32)
-    c, l = _prompts(6)
-    m, _ = fp32(emb, c, l)
-    q, _ = int8(emb, c, l)
-    assert not np.array_equal(m, q)  # really a different (quantised) graph
-    # random weights: logits sit near 0 (std ~0.1), so a binarised IoU swings with small quantisation noise;
-    # the logits themselves must still track fp32 (the photo gate on trained weights is in BENCHMARKS.md)
-    assert np.corrcoef(m.ravel(), q.ravel())[0, 1] >= 0.9
-    assert _iou(q, m).mean() >= 0.8

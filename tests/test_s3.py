@@ -172,9 +172,10 @@ def _kill_when(proc: subprocess.Popen, ready, log: Path, what: str, timeout: flo
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_main_job_on_s3_killed_resubmitted_and_rerun(s3, tmp_path):
-    """Cache and run storage on s3://. The driver is SIGKILLed once while caching and once mid step 1; each
-    resubmission continues (no image cached twice, no step trained twice), the job exits 0 with everything in
-    the bucket, and a further resubmission recomputes nothing."""
+    """The main job's resume contract, with cache and run storage on s3://. The driver is SIGKILLed once while
+    caching and once mid step 1; each resubmission continues (no image cached twice, no step trained twice, the
+    step-1 losses fall across the kill), the job exits 0 with every output in the bucket, and a further
+    resubmission recomputes nothing."""
     import pyarrow.parquet as pq
 
     from edgesam.data.synthetic import write_sa1b_shards
@@ -183,7 +184,8 @@ def test_main_job_on_s3_killed_resubmitted_and_rerun(s3, tmp_path):
     # 8 small tars (8 read tasks) and 2-row shards: shards land one by one, so the first kill hits mid-cache
     write_sa1b_shards(tmp_path / "sample", num_images=16, images_per_shard=2, seed=0)
     cmd = [sys.executable, "pipelines/distill.py", *_distill_overrides(bucket, tmp_path, "s3e2e", **{
-        "cache.output.rows_per_file": 2, "cache.compute.batch_size": 2, "cache.compute.preprocess_batch_size": 2})]
+        "cache.output.rows_per_file": 2, "cache.compute.batch_size": 2, "cache.compute.preprocess_batch_size": 2,
+        "step2.max_steps": 20})]  # step 2 runs its one epoch (~7 steps): enough to see its loss fall
 
     def shards() -> list[str]:
         return [f for f in _bucket_files(f"{bucket}/cache") if re.fullmatch(r"part-[0-9a-f]+\.parquet", f)]
@@ -212,10 +214,11 @@ def test_main_job_on_s3_killed_resubmitted_and_rerun(s3, tmp_path):
 
     done = _run(cmd, timeout=600)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    assert "using complete teacher cache" in done.stdout
+    assert "using complete teacher cache" in done.stdout and "RANDOM weights" in done.stdout
     files = _bucket_files(bucket)
     assert not [f for f in files if ".tmp" in f], files
     for f in ("runs/s3e2e/student.pt", "runs/s3e2e/eval_report.json", "runs/s3e2e/training_curves.png",
+              "runs/s3e2e/mask_grid.png",
               "runs/s3e2e/onnx/encoder.onnx", "runs/s3e2e/onnx/decoder.onnx", "runs/s3e2e-encoder_kd/DONE.json",
               "runs/s3e2e-prompt_kd/DONE.json", "runs/s3e2e-rpn/DONE.json"):
         assert f in files and storage.size(f"{bucket}/{f}") > 0, f
@@ -223,13 +226,23 @@ def test_main_job_on_s3_killed_resubmitted_and_rerun(s3, tmp_path):
     assert marker["checkpoint"].startswith(f"{bucket}/runs/s3e2e-encoder_kd/checkpoint_")
     from pipelines.distill_loop import read_state
 
-    state = read_state(marker["checkpoint"])
-    assert state["resumes"], "step 1 did not resume from its checkpoint in the bucket"
-    steps = [h["step"] for h in state["history"]]
-    assert steps == list(range(1, marker["step"] + 1)), f"steps repeated or lost across the kill: {steps}"
+    assert read_state(marker["checkpoint"])["resumes"], "step 1 did not resume from its checkpoint in the bucket"
+    for kind in ("encoder_kd", "prompt_kd", "rpn"):
+        marker = storage.read_json(f"{bucket}/runs/s3e2e-{kind}/DONE.json")
+        hist = read_state(marker["checkpoint"])["history"]
+        steps = [h["step"] for h in hist]
+        assert steps == list(range(1, marker["step"] + 1)), f"{kind}: steps repeated or lost: {steps}"
+        if kind == "encoder_kd":
+            assert len(steps) % 2 == 0 and len(steps) // 2 >= 3, steps  # 2 epochs of >= 3 steps
+        if kind in ("encoder_kd", "prompt_kd"):
+            losses = np.array([h["loss"] for h in hist])
+            k = max(2, len(losses) // 3)
+            assert losses[-k:].mean() < losses[:k].mean(), f"{kind}: loss did not decrease: {losses}"
     report = storage.read_json(f"{bucket}/runs/s3e2e/eval_report.json")
     assert report["outputs"]["student"] == f"{bucket}/runs/s3e2e/student.pt"
     assert report["random_teacher"] is True and report["num_images"] >= 1
+    for key in ("student_vs_teacher/box", "student_vs_teacher/box+1", "student_vs_gt/point", "student_vs_gt/point+2"):
+        assert 0.0 <= report["metrics"][key] <= 100.0, key
 
     from edgesam.models import load_student
 

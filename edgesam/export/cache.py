@@ -21,7 +21,7 @@ import torch
 from .onnx_export import DECODER_FILE, ENCODER_FILE, META_FILE, export_all
 
 # Bump when the exported graphs change for the same weights (inputs, opset, fusing, layout).
-EXPORT_FORMAT = "edgesam-onnx-v3-fast-decoder"
+EXPORT_FORMAT = "edgesam-onnx-v4-named-upscaling"  # v4: /up1/, /up2/ scopes for INT8
 ENV_CACHE_DIR = "EDGESAM_ONNX_CACHE"
 
 

@@ -120,6 +120,20 @@ def _i2t_scores_folded(attn: nn.Module, x_q: torch.Tensor, k_in: torch.Tensor) -
     return s.reshape(n, -1, h, t).transpose(1, 2)
 
 
+class _PixelLinear(nn.Module):
+    """ConvTranspose2d(k=2, s=2) as a per-pixel linear map to its 4 sub-pixel phases: x (...,Cin) ->
+    (...,4*Cout), phases (a, b) major. A module of its own so that its ONNX MatMul carries a scope
+    (``/up1/``, ``/up2/``) by which INT8 quantisation selects it."""
+
+    def __init__(self, conv: nn.ConvTranspose2d) -> None:
+        super().__init__()
+        self.register_buffer("w", conv.weight.detach().permute(0, 2, 3, 1).reshape(conv.in_channels, -1).clone())
+        self.register_buffer("b", conv.bias.detach().repeat(4).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.w + self.b
+
+
 class PromptSide(nn.Module):
     """Per-prompt part: (keys0, k1, v1, q1 from :class:`ImageSide`, coords (N,P,2), labels (N,P)) -> scores (N,4),
     masks (N,4,4h,4w), equal to the reference decoder with no mask input."""
@@ -131,19 +145,15 @@ class PromptSide(nn.Module):
         self.register_buffer("pos", self.pe.get_dense_pe().detach().flatten(2).transpose(1, 2).clone())
         up = self.md.output_upscaling
         c1, ln, c2 = up[0], up[1], up[3]
-        # ConvTranspose2d(k=2, s=2) == a per-pixel linear map to the 4 sub-pixel phases (a, b) x out channels
-        self.register_buffer("w1", c1.weight.detach().permute(0, 2, 3, 1).reshape(c1.in_channels, -1).clone())
-        self.register_buffer("b1", c1.bias.detach().repeat(4).clone())
-        self.register_buffer("w2", c2.weight.detach().permute(0, 2, 3, 1).reshape(c2.in_channels, -1).clone())
-        self.register_buffer("b2", c2.bias.detach().repeat(4).clone())
+        self.up1, self.up2 = _PixelLinear(c1), _PixelLinear(c2)
         self.ln, self.c1_out, self.c2_out = ln, c1.out_channels, c2.out_channels
 
     def _upscale_masks(self, keys: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
         """keys (N,hw,256), hyper (N,K,32) -> masks (N,K,4h,4w)."""
         n, hw, _ = keys.shape
-        z = (keys @ self.w1 + self.b1).reshape(n, hw, 4, self.c1_out)  # (N,hw,(a,b),64)
+        z = self.up1(keys).reshape(n, hw, 4, self.c1_out)  # (N,hw,(a,b),64)
         z = F.gelu(F.layer_norm(z, (self.c1_out,), self.ln.weight, self.ln.bias, self.ln.eps))
-        y = F.gelu(z @ self.w2 + self.b2).reshape(n, hw * 16, self.c2_out)  # (N, hw*(a,b)*(c,d), 32)
+        y = F.gelu(self.up2(z)).reshape(n, hw * 16, self.c2_out)  # (N, hw*(a,b)*(c,d), 32)
         m = y @ hyper.transpose(1, 2)  # (N, hw*16, K)
         k = hyper.shape[1]
         m = m.reshape(n, self.h, self.w, 2, 2, 2, 2, k).permute(0, 7, 1, 3, 5, 2, 4, 6)  # n k i a c j b d

@@ -216,7 +216,7 @@ class EverythingGenerator:
             sess = getattr(dec, "session", None) or getattr(dec, "prompt_session", None)
             providers = getattr(sess, "get_providers", lambda: None)()
             if int8 is True:
-                from .ort_fast import quantize_folder
+                from .quantize import quantize_folder
 
                 rpn_path = quantize_folder(onnx_dir, [RPN_ONNX_FILE])[0]
             rpn = OrtRpnEncoder(rpn_path, providers, threads)

@@ -84,7 +84,7 @@ class OrtEncoder:
                              "expected a dynamic batch axis or a batch of 1 (re-export with `python -m edgesam.export`)")
         self.input_name = inp.name
         self.img_size = int(shape[2])
-        self.name = _backend_name(self.session)
+        self.name = _backend_name(self.session) + ("-int8" if self.path.name.endswith(".int8.onnx") else "")
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """(B,3,S,S) float32 normalised padded -> (B,256,S/16,S/16) float32."""

@@ -58,7 +58,8 @@ class OrtRpnEncoder:
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.img_size = int(inp.shape[2])
-        self.name = "onnxruntime-cuda" if self.session.get_providers()[0] == CUDA_EP else "onnxruntime-cpu"
+        self.name = ("onnxruntime-cuda" if self.session.get_providers()[0] == CUDA_EP else "onnxruntime-cpu") + \
+            ("-int8" if self.path.name.endswith(".int8.onnx") else "")
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         x = np.ascontiguousarray(images, dtype=np.float32)

@@ -52,11 +52,15 @@ def make_backends(kind: BackendKind, *, model: torch.nn.Module | None = None, on
     in one execute and is tuned for it). ``threads``: intra-op
     CPU threads for onnxruntime and torch (None: leave the library default). onnxruntime only:
     ``ort_decoder`` "auto" / "fast" / "reference" (:func:`edgesam.inference.ort_fast.make_ort_decoder`),
-    ``int8`` True: INT8 encoder (static QDQ) and decoder (dynamic), "decoder": the decoder only; the INT8
-    graphs are written beside the fp32 ones on first use (:func:`edgesam.inference.ort_fast.quantize_folder`).
+    ``int8`` True: INT8 encoder and prompt decoder, "decoder": the decoder only; the INT8 graphs are written
+    beside the fp32 ones on first use (recipe and accuracy: :mod:`edgesam.inference.quantize`).
     """
     if kind not in BACKENDS:
         raise ValueError(f"unknown backend {kind!r}; expected one of {BACKENDS}")
+    if int8 not in (False, True, "decoder"):
+        raise ValueError(f"int8 must be False, True or 'decoder', got {int8!r}")
+    if int8 and (kind != "onnxruntime" or device != "cpu"):
+        raise ValueError(f"int8 graphs run in onnxruntime on the CPU, got backend {kind!r} on {device!r}")
     if kind == "torch":
         if model is None:
             raise ValueError("backend 'torch' needs model= (an EdgeSAM, e.g. from edgesam.models.load_student)")
@@ -78,9 +82,10 @@ def make_backends(kind: BackendKind, *, model: torch.nn.Module | None = None, on
             providers = [(CUDA_EP, {"device_id": idx}), CPU_EP]
         else:
             raise ValueError(f"device must be 'cpu' or 'cuda[:i]' for onnxruntime, got {device!r}")
-        from .ort_fast import int8_name, make_ort_decoder, quantize_folder
+        from .ort_fast import make_ort_decoder
+        from .quantize import int8_name, quantize_folder
 
-        if int8 is True:  # "decoder": only the decoder in INT8 (the encoder misses the accuracy gate, BENCHMARKS.md)
+        if int8 is True:
             quantize_folder(enc_path.parent, [enc_path.name])
         enc = OrtEncoder(enc_path.with_name(int8_name(enc_path.name)) if int8 is True else enc_path, providers, threads)
         dec = make_ort_decoder(dec_path.parent, providers, threads, ort_decoder, bool(int8))

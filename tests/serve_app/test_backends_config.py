@@ -55,6 +55,14 @@ def test_backend_selection_and_weight_reporting(tmp_path, checkpoint):
     assert {p: p.stat().st_mtime_ns for p in exported[0].iterdir()} == stamp
     with pytest.raises(ValueError, match="takes 256px inputs"):
         load_backends(ModelSection(img_size=512, onnx_dir=str(tmp_path / "onnx")))
+    # model.int8: INT8 copies written beside the fp32 graphs, the runtime named so in /v1/model
+    i8 = load_backends(ModelSection(img_size=IMG, onnx_dir=str(tmp_path / "onnx"), threads=1, int8=True))
+    assert i8.info.backend == "onnxruntime-cpu-int8/onnxruntime-cpu-int8"
+    assert {"encoder.int8.onnx", "decoder_prompt.int8.onnx"} <= {p.name for p in (tmp_path / "onnx").iterdir()}
+    e8, e32 = i8.encoder(x), ort.encoder(x)
+    assert 0 < np.linalg.norm(e8 - e32) / np.linalg.norm(e32) < 0.03
+    with pytest.raises(ValueError, match="model.int8 runs on backend onnxruntime"):
+        ModelSection(img_size=IMG, backend="torch", int8=True)
 
 
 @pytest.mark.timeout(120)
