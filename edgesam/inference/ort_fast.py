@@ -19,6 +19,7 @@ from ..export.decoder_fast import IMAGE_FILE, IMAGE_OUTPUTS, PROMPT_FILE, PROMPT
 from .ort_backend import OrtDecoder, _as_f32, _backend_name, make_session
 from .quantize import int8_name, quantize_folder
 
+
 class OrtFastDecoder:
     """DecoderBackend: ``decoder_image.onnx`` once per embedding + ``decoder_prompt.onnx`` per call."""
 
