@@ -51,8 +51,13 @@ def make_session(path: str | Path, providers: Sequence[str | tuple[str, dict]] |
     return ort.InferenceSession(str(path), sess_options=so, providers=providers)
 
 
-def _backend_name(session) -> str:
-    return "onnxruntime-cuda" if session.get_providers()[0] == CUDA_EP else "onnxruntime-cpu"
+def _backend_name(session, path: str | Path | None = None) -> str:
+    """``onnxruntime-cpu`` / ``onnxruntime-cuda`` by the session's first provider, ``-int8`` added when ``path``
+    is an INT8 copy (:mod:`edgesam.inference.quantize`)."""
+    from .quantize import INT8_SUFFIX
+
+    name = "onnxruntime-cuda" if session.get_providers()[0] == CUDA_EP else "onnxruntime-cpu"
+    return name + ("-int8" if path is not None and Path(path).name.endswith(INT8_SUFFIX) else "")
 
 
 def _as_f32(a: np.ndarray, what: str) -> np.ndarray:
@@ -84,7 +89,7 @@ class OrtEncoder:
                              "expected a dynamic batch axis or a batch of 1 (re-export with `python -m edgesam.export`)")
         self.input_name = inp.name
         self.img_size = int(shape[2])
-        self.name = _backend_name(self.session) + ("-int8" if self.path.name.endswith(".int8.onnx") else "")
+        self.name = _backend_name(self.session, self.path)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """(B,3,S,S) float32 normalised padded -> (B,256,S/16,S/16) float32."""
@@ -112,7 +117,7 @@ class OrtDecoder:
         self.embedding_shape = tuple(int(d) for d in inputs["image_embeddings"][1:])  # (256, h, w)
         self.mask_hw = tuple(int(d) for d in inputs["mask_input"][2:])  # (4h, 4w)
         self.img_size = 16 * self.embedding_shape[1]
-        self.name = _backend_name(self.session)
+        self.name = _backend_name(self.session, self.path)
 
     def _check(self, emb: np.ndarray, coords: np.ndarray, labels: np.ndarray, mask: np.ndarray | None) -> None:
         if emb.ndim != 4 or emb.shape[1:] != self.embedding_shape:

@@ -36,7 +36,7 @@ class OrtFastDecoder:
         self.embedding_shape = tuple(int(v) for v in shape[1:])
         self.img_size = 16 * self.embedding_shape[1]
         self.reference = reference  # for mask prompts
-        self.name = _backend_name(self.prompt_session) + ("-int8" if int8 else "")  # the runtime, as OrtDecoder's
+        self.name = _backend_name(self.prompt_session, prompt)  # the runtime, as OrtDecoder's
         self.flavour = "split"  # image side once per embedding
         self._emb: np.ndarray | None = None
         self._state: dict[str, np.ndarray] = {}

@@ -118,14 +118,14 @@ def quantize_image_graph(src: Path, dst: Path, images: Sequence[np.ndarray] | No
         size = int(inp.type.tensor_type.shape.dim[2].dim_value)
         if size < 1:
             raise ValueError(f"{src}: input {inp.name} needs a fixed (1,3,S,S) shape for calibration")
-        photos = list(images) if images is not None else calibration_photos()
         convs = [n for n in model.graph.node if n.op_type == "Conv" and MIXER_IN in n.name]
         mixers = [n.name for n in model.graph.node if n.op_type == "Conv" and CHANNEL_MIXER in n.name]
         if not mixers:
             raise ValueError(f"{src} has no RepViT channel-mixer convs ({CHANNEL_MIXER}): not an EdgeSAM encoder graph")
-        absmax = channel_absmax(model, [n.input[0] for n in convs], _Feeds(inp.name, size, photos).items)
+        feeds = _Feeds(inp.name, size, images if images is not None else calibration_photos())
+        absmax = channel_absmax(model, [n.input[0] for n in convs], list(feeds.items))  # a copy: feeds pops its own
         onnx.save(smooth_conv_inputs(model, [n.name for n in convs], absmax), str(smooth))
-        quantize_static(str(smooth), str(tmp), _Feeds(inp.name, size, photos), nodes_to_quantize=mixers,
+        quantize_static(str(smooth), str(tmp), feeds, nodes_to_quantize=mixers,
                         quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, op_types_to_quantize=["Conv"],
                         calibrate_method=CalibrationMethod.MinMax)

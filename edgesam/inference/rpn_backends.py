@@ -48,7 +48,7 @@ class OrtRpnEncoder:
     """``rpn.onnx`` in ONNX Runtime (see :func:`edgesam.models.rpn.export_rpn_onnx`)."""
 
     def __init__(self, path: str | Path, providers=None, threads: int | None = None) -> None:
-        from .ort_backend import CUDA_EP, make_session
+        from .ort_backend import _backend_name, make_session
 
         self.path = Path(path)
         self.session = make_session(self.path, providers, threads)
@@ -58,8 +58,7 @@ class OrtRpnEncoder:
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.img_size = int(inp.shape[2])
-        self.name = ("onnxruntime-cuda" if self.session.get_providers()[0] == CUDA_EP else "onnxruntime-cpu") + \
-            ("-int8" if self.path.name.endswith(".int8.onnx") else "")
+        self.name = _backend_name(self.session, self.path)
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         x = np.ascontiguousarray(images, dtype=np.float32)
