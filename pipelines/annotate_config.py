@@ -9,6 +9,7 @@ from edgesam.config import StrictModel
 from edgesam.data.images import IMAGE_EXTENSIONS
 from edgesam.formats.export import FormatOptionsCfg, Formats
 from edgesam.inference.everything import EverythingConfig
+from edgesam.inference.torch_options import TorchRuntimeConfig
 
 
 class AnnotateModelCfg(StrictModel):
@@ -29,6 +30,8 @@ class AnnotateModelCfg(StrictModel):
     # "decoder" only (the INT8 backbone gains on VNNI CPUs, not on AVX2-only ones); with a checkpoint it implies
     # the onnxruntime backend. Accuracy and speed-up: BENCHMARKS.md, section int8
     int8: bool | Literal["decoder"] = False
+    # backend torch: precision, channels_last, torch.compile, CUDA graphs, split decoder (defaults by device)
+    torch: TorchRuntimeConfig = Field(default_factory=TorchRuntimeConfig)
 
 
 class AnnotateInputCfg(StrictModel):

@@ -106,4 +106,4 @@ def build_generator(cfg: AnnotateConfig, device: str | None = None):
         sha = sha256_file(m.checkpoint) if m.checkpoint else "random"
         onnx_dir = cached_export(model, m.export_cache_dir, sha)
         return EverythingGenerator.from_onnx(onnx_dir, cfg.everything, device=device, threads=threads, int8=m.int8)
-    return EverythingGenerator.from_model(model, cfg.everything, device=device)
+    return EverythingGenerator.from_model(model, cfg.everything, device=device, torch_options=m.torch.options(device))

@@ -14,6 +14,7 @@ from typing import Any, Literal, Sequence
 from pydantic import Field, model_validator
 
 from edgesam.config import CONFIG_DIR, StrictModel, load_config
+from edgesam.inference.torch_options import TorchRuntimeConfig
 
 from .integrations.config import IntegrationsSection
 
@@ -45,6 +46,8 @@ class ModelSection(StrictModel):
     # "decoder" only (the INT8 encoder gains on VNNI CPUs, not on AVX2-only ones); written beside the fp32
     # graphs on first use. Mask IoU vs fp32 and speed-up: BENCHMARKS.md, section int8
     int8: bool | Literal["decoder"] = False
+    # backend torch: precision, channels_last, torch.compile, CUDA graphs, split decoder (defaults by device)
+    torch: TorchRuntimeConfig = Field(default_factory=TorchRuntimeConfig)
 
     @model_validator(mode="after")
     def _check(self) -> "ModelSection":

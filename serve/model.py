@@ -140,7 +140,8 @@ def _rpn_backend(cfg: ModelSection, model: EdgeSAM | None, kind: str = "onnxrunt
 
     if model is not None:
         rpn = getattr(model, "rpn", None)
-        return None if rpn is None else TorchRpnEncoder(model.image_encoder, rpn, cfg.img_size, cfg.device)
+        return None if rpn is None else TorchRpnEncoder(model.image_encoder, rpn, cfg.img_size, cfg.device,
+                                                        cfg.torch.options(cfg.device))
     path = Path(cfg.onnx_dir) / RPN_ONNX_FILE
     if not path.is_file():
         return None
@@ -178,7 +179,8 @@ def load_backends(cfg: ModelSection, with_rpn: bool = False, max_prompts: int = 
     model = None
     if kind == "torch":
         model, info = build_torch_model(cfg)
-        enc, dec = make_backends("torch", model=model, device=cfg.device, threads=cfg.threads)
+        enc, dec = make_backends("torch", model=model, device=cfg.device, threads=cfg.threads,
+                                 torch_options=cfg.torch.options(cfg.device))
     else:
         source = None
         if not cfg.onnx_dir:  # serve the checkpoint (or random) model through a cached ONNX export

@@ -197,26 +197,90 @@ def test_engine_build_lock_serialises_processes(tmp_path):
     assert (tmp_path / "log").read_text().splitlines() == ["built"]
 
 
-def test_fp16_build_requires_a_pinned_normalisation(tmp_path):
-    """Every graph we build engines from names its LayerNorm scopes (metadata, or found by scanning rpn.onnx),
-    and a build that pinned none fails instead of shipping FP16 LayerNorm."""
-    from edgesam.export import export_decoder, export_encoder
-    from edgesam.export.rpn_onnx import export_rpn_onnx
-    from edgesam.export.tensorrt_build import _fp32_scopes, require_pinned
+# Python API names that NVIDIA's "Migrating from TensorRT 10.x to 11.x" guide lists as removed (weak typing,
+# implicit quantization, algorithm selection, device-memory queries), plus the binding-index API that 10.x removed.
+REMOVED_BUILDER_FLAGS = {"FP16", "BF16", "INT8", "FP8", "INT4", "FP4", "OBEY_PRECISION_CONSTRAINTS",
+                         "PREFER_PRECISION_CONSTRAINTS", "DIRECT_IO"}
+REMOVED_ATTRS = {"set_output_type", "reset_output_type", "get_output_type", "output_type_is_set", "reset_precision",
+                 "precision_is_set", "int8_calibrator", "set_quantization_flag", "get_quantization_flag",
+                 "clear_quantization_flag", "quantization_flags", "set_calibration_profile", "get_calibration_profile",
+                 "algorithm_selector", "platform_has_fast_fp16", "platform_has_fast_int8", "device_memory_size",
+                 "get_binding_shape", "get_binding_dtype", "get_binding_index", "binding_is_input", "num_bindings",
+                 "execute_async_v2", "execute_v2", "set_binding_shape", "max_batch_size"}
+TRT_SOURCES = ("edgesam/export/tensorrt_build.py", "edgesam/export/trt_common.py", "edgesam/export/tensorrt_gate.py",
+               "edgesam/inference/trt_backend.py")
+
+
+def _removed_api_uses(source: str) -> list[str]:
+    """``BuilderFlag.<removed>``, removed attributes/methods, and ``<layer>.precision = ...`` in ``source``."""
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute):
+            base = node.value.attr if isinstance(node.value, ast.Attribute) else getattr(node.value, "id", "")
+            if (base == "BuilderFlag" and node.attr in REMOVED_BUILDER_FLAGS) or node.attr in REMOVED_ATTRS:
+                found.append(f"{base}.{node.attr} (line {node.lineno})")
+        elif isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            found += [f"{t.attr} = (line {node.lineno})" for t in targets
+                      if isinstance(t, ast.Attribute) and t.attr in ("precision", "compute_precision")]
+    return found
+
+
+def test_tensorrt_code_uses_no_api_removed_in_tensorrt_11():
+    """The build and runtime paths run on TensorRT 10.x and 11.x: no weakly typed precision API, no per-layer
+    precision, no binding-index API; the scanner itself catches what the old FP16 path used."""
+    old = ("config.set_flag(trt.BuilderFlag.FP16)\nconfig.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)\n"
+           "layer.precision = trt.float32\nlayer.set_output_type(0, trt.float32)\nctx.execute_async_v2(b, s)\n")
+    assert len(_removed_api_uses(old)) == 5
+    for rel in TRT_SOURCES:
+        assert _removed_api_uses((REPO / rel).read_text()) == [], rel
+
+
+def test_networks_are_strongly_typed():
+    """Every ``create_network`` call passes ``1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)``."""
+    import ast
+
+    calls = [n for rel in TRT_SOURCES for n in ast.walk(ast.parse((REPO / rel).read_text()))
+             if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "create_network"]
+    assert len(calls) == 1
+    flags = [a for a in ast.walk(calls[0]) if isinstance(a, ast.Attribute) and a.attr == "STRONGLY_TYPED"]
+    assert flags and getattr(flags[0].value, "attr", "") == "NetworkDefinitionCreationFlag"
+    assert isinstance(calls[0].args[0], ast.BinOp) and isinstance(calls[0].args[0].op, ast.LShift)
+
+
+def test_trt_extra_pins_tensorrt_10_and_11():
+    import tomllib
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert extras["trt"] == ["tensorrt>=10,<12"]
+
+
+def test_fp16_engine_is_keyed_by_the_fp16_graph(monkeypatch, tmp_path):
+    """fp16 engines are built from (and keyed by the hash of) ``NAME.fp16.onnx``, written when missing; fp32 ones
+    from ``NAME.onnx``. TensorRT and the GPU are faked: only the cache path is computed."""
+    import types
+
+    from edgesam.export import export_encoder
+    from edgesam.export import tensorrt_build as tb
     from edgesam.models import EdgeSAM
-    from edgesam.models.rpn import build_rpn
+    from edgesam.storage import sha256
 
     torch.manual_seed(0)
-    model = EdgeSAM(128).eval()
-    model.rpn = build_rpn(model.image_encoder.feature_channels, width=32, num_convs=1).eval()
-    paths = [export_encoder(model, tmp_path / "encoder.onnx"), export_decoder(model, tmp_path / "decoder.onnx"),
-             export_rpn_onnx(model, tmp_path / "rpn.onnx")]
-    for p in paths:
-        assert len(_fp32_scopes(p)) >= 1, p.name
-    assert any("neck" in s_.lower() or "norm" in s_.lower() for s_ in _fp32_scopes(paths[2]))
-    require_pinned(3, paths[1], ["a"])
-    with pytest.raises(RuntimeError, match="pinned no normalisation layer to FP32"):
-        require_pinned(0, paths[1], _fp32_scopes(paths[1]))
+    enc = export_encoder(EdgeSAM(128).eval(), tmp_path / "encoder.onnx")
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="11.4.0"))
+    monkeypatch.setattr(tb, "require_cuda", lambda device: torch.device("cuda", 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda dev=None: "GPU")
+    prof = tb.EncoderProfile()
+    path16 = tb.engine_cache_path(enc, "fp16", profile=prof)
+    fp16_graph = tmp_path / "encoder.fp16.onnx"
+    assert fp16_graph.is_file() and tb.built_graph(enc, "fp16") == fp16_graph and tb.built_graph(enc, "fp32") == enc
+    assert path16.name == f"encoder-fp16-{tb.engine_cache_key('GPU', '11.4.0', sha256(fp16_graph), 'fp16', prof)}.engine"
+    path32 = tb.engine_cache_path(enc, "fp32", profile=prof)
+    assert path32.name == f"encoder-fp32-{tb.engine_cache_key('GPU', '11.4.0', sha256(enc), 'fp32', prof)}.engine"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        tb.built_graph(enc, "int8")
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,7 @@ A mask prompt changes the image side of block 1 per prompt; callers with ``mask_
 from __future__ import annotations
 
 import copy
+import json
 import math
 from pathlib import Path
 
@@ -38,6 +39,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..models.prompt_decoder import PromptDecoder
+from .onnx_common import FP32_SCOPES_KEY, PointPromptEmbedding, _export, _finalise, _fp32_scopes
 
 IMAGE_FILE = "decoder_image.onnx"
 PROMPT_FILE = "decoder_prompt.onnx"
@@ -56,6 +58,14 @@ def _merge(x: torch.Tensor) -> torch.Tensor:
     """(B, h, L, d) -> (B, L, h*d)."""
     b, h, n, d = x.shape
     return x.transpose(1, 2).reshape(b, n, h * d)
+
+
+def _softmax(x: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last axis, computed in float32 for half inputs (a normalisation: exp of fp16 logits
+    overflows and the sum loses the small terms) and returned in the input dtype."""
+    if x.dtype == torch.float32:
+        return torch.softmax(x, dim=-1)
+    return torch.softmax(x.float(), dim=-1).to(x.dtype)
 
 
 class ImageSide(nn.Module):
@@ -89,7 +99,7 @@ def _token_to_image(attn: nn.Module, q_in: torch.Tensor, x_k: torch.Tensor, x_v:
     qw = (q @ wk).reshape(n, h * t, -1)  # (N,hT,C)
     qb = (q * attn.k_proj.bias.reshape(1, h, 1, d)).sum(-1).reshape(n, h * t, 1)
     logits = (qw @ x_k.transpose(1, 2) + qb) / math.sqrt(d)  # (N,hT,L)
-    a = torch.softmax(logits, dim=-1)
+    a = _softmax(logits)
     ax = (a @ x_v).reshape(n, h, t, -1)  # (N,h,T,C)
     wv = attn.v_proj.weight.reshape(h, d, -1).transpose(1, 2)  # (h,C,d)
     out = ax @ wv + attn.v_proj.bias.reshape(1, h, 1, d)  # (N,h,T,d)
@@ -100,7 +110,7 @@ def _image_to_token(attn: nn.Module, scores: torch.Tensor, v_in: torch.Tensor) -
     """Softmax over T of ``scores`` (N,h,L,T) (already scaled), values ``v_in`` (N,T,C) -> (N,L,C), out-proj folded."""
     h = attn.num_heads
     n, _, l, t = scores.shape
-    a = torch.softmax(scores, dim=-1).transpose(1, 2).reshape(n, l, h * t)  # (N,L,hT)
+    a = _softmax(scores).transpose(1, 2).reshape(n, l, h * t)  # (N,L,hT)
     v = _heads(attn.v_proj(v_in), h)  # (N,h,T,d)
     d = v.shape[-1]
     wo = attn.out_proj.weight.t().reshape(h, d, -1)  # (h,d,C)
@@ -141,6 +151,7 @@ class PromptSide(nn.Module):
     def __init__(self, pd: PromptDecoder) -> None:
         super().__init__()
         self.pe, self.md = pd.prompt_encoder, pd.mask_decoder
+        self.prompt_pe = PointPromptEmbedding(self.pe)  # its own ONNX scope: kept FP32 in FP16 copies
         self.h, self.w = self.pe.image_embedding_size
         self.register_buffer("pos", self.pe.get_dense_pe().detach().flatten(2).transpose(1, 2).clone())
         up = self.md.output_upscaling
@@ -148,11 +159,19 @@ class PromptSide(nn.Module):
         self.up1, self.up2 = _PixelLinear(c1), _PixelLinear(c2)
         self.ln, self.c1_out, self.c2_out = ln, c1.out_channels, c2.out_channels
 
+    def _layer_norm(self, z: torch.Tensor) -> torch.Tensor:
+        """The upscaling LayerNorm over the last axis (64 channels), in the dtype of its weights: float32 when
+        :func:`edgesam.models.half.to_half` kept it so, with the result cast back to ``z``'s dtype."""
+        w = self.ln.weight
+        if z.dtype == w.dtype:
+            return F.layer_norm(z, (self.c1_out,), w, self.ln.bias, self.ln.eps)
+        return F.layer_norm(z.to(w.dtype), (self.c1_out,), w, self.ln.bias, self.ln.eps).to(z.dtype)
+
     def _upscale_masks(self, keys: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
         """keys (N,hw,256), hyper (N,K,32) -> masks (N,K,4h,4w)."""
         n, hw, _ = keys.shape
         z = self.up1(keys).reshape(n, hw, 4, self.c1_out)  # (N,hw,(a,b),64)
-        z = F.gelu(F.layer_norm(z, (self.c1_out,), self.ln.weight, self.ln.bias, self.ln.eps))
+        z = F.gelu(self._layer_norm(z))
         y = F.gelu(self.up2(z)).reshape(n, hw * 16, self.c2_out)  # (N, hw*(a,b)*(c,d), 32)
         m = y @ hyper.transpose(1, 2)  # (N, hw*16, K)
         k = hyper.shape[1]
@@ -162,7 +181,7 @@ class PromptSide(nn.Module):
     def forward(self, keys0: torch.Tensor, k1: torch.Tensor, v1: torch.Tensor, q1: torch.Tensor,
                 point_coords: torch.Tensor, point_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         md, tr = self.md, self.md.transformer
-        sparse = self.pe.embed_points(point_coords, point_labels)  # (N,P,256)
+        sparse = self.prompt_pe(point_coords, point_labels)  # (N,P,256)
         n = sparse.shape[0]
         out_tokens = torch.cat([md.iou_token.weight, md.mask_tokens.weight], dim=0)
         tokens = torch.cat([out_tokens.unsqueeze(0).expand(n, -1, -1), sparse], dim=1)  # (N,T,256)
@@ -171,7 +190,7 @@ class PromptSide(nn.Module):
         # block 1: image side precomputed
         q = b1.norm1(b1.self_attn(q=tokens, k=tokens, v=tokens))
         qq = _heads(b1.cross_attn_token_to_image.q_proj(q + tokens), k1.shape[1])  # (N,h,T,d)
-        a = torch.softmax(qq @ k1.transpose(-1, -2) / math.sqrt(d), dim=-1)
+        a = _softmax(qq @ k1.transpose(-1, -2) / math.sqrt(d))
         q = b1.norm2(q + b1.cross_attn_token_to_image.out_proj(_merge(a @ v1)))
         q = b1.norm3(q + b1.mlp(q))
         kk = _heads(b1.cross_attn_image_to_token.k_proj(q + tokens), k1.shape[1])  # (N,h,T,d)
@@ -212,8 +231,6 @@ class FastPromptDecoder(nn.Module):
 
 def export_fast_decoder(model: nn.Module, out_dir: str | Path, opset: int = 17) -> dict[str, Path]:
     """Write ``decoder_image.onnx`` and ``decoder_prompt.onnx`` for an :class:`EdgeSAM` into ``out_dir``."""
-    from .onnx_common import _export
-
     out = Path(out_dir)
     pd = model.prompt_decoder if isinstance(getattr(model, "prompt_decoder", None), nn.Module) \
         else model.as_prompt_decoder()
@@ -231,4 +248,7 @@ def export_fast_decoder(model: nn.Module, out_dir: str | Path, opset: int = 17) 
     with torch.no_grad():
         _export(fast.prompt_side, (*img_out, coords, labels), out / PROMPT_FILE, PROMPT_INPUTS, PROMPT_OUTPUTS, opset,
                 {"point_coords": pts, "point_labels": pts, "scores": {0: "num_prompts"}, "masks": {0: "num_prompts"}})
+    for name in (IMAGE_FILE, PROMPT_FILE):
+        _finalise(out / name, {FP32_SCOPES_KEY: json.dumps(_fp32_scopes(out / name)),
+                               "edgesam.img_size": str(model.img_size)})
     return {"decoder_image": out / IMAGE_FILE, "decoder_prompt": out / PROMPT_FILE}

@@ -34,6 +34,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="write the bicubic upsample as ONNX Resize (slower in ORT) instead of its exact conv form")
     parser.add_argument("--seed", type=int, default=0, help="seed for --random")
     parser.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
+    parser.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                        help="fp16: also write NAME.fp16.onnx beside each graph (mixed precision: normalisations, "
+                             "softmax, positional encodings and RPN box decoding stay fp32; I/O stays fp32), the "
+                             "input of strongly typed TensorRT 10/11 builds")
     from .flavors import add_flavor_args, export_flavor, wants_flavor  # client contracts (--flavor, --encoder-input)
 
     add_flavor_args(parser)
@@ -62,10 +66,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             paths = export_all(model, out, fuse=not args.no_fuse, opset=args.opset, checkpoint_sha256=digest,
                                cubic_as_conv=not args.cubic_resize, progress=True)
-        for k, p in paths.items():
-            print(f"{k}: {storage.relocate(p, out, args.out)} ({p.stat().st_size / 1e6:.1f} MB)")
         if not args.no_verify:
             print(verify_parity(model, paths))
+        if args.precision == "fp16":  # after verify_parity, which reads the fp32 graphs by name
+            from .fp16 import export_fp16
+
+            paths.update({f"{k}_fp16": p for k, p in export_fp16(out).items()})
+        for k, p in paths.items():
+            print(f"{k}: {storage.relocate(p, out, args.out)} ({p.stat().st_size / 1e6:.1f} MB)")
     if args.random:
         print(_random_warning(), file=sys.stderr, flush=True)
     return 0

@@ -37,8 +37,10 @@ Decoder graph (``decoder.onnx``), SAM's ONNX convention with a prompt batch axis
     Point-only prompts should carry one padding point (0, 0) labelled -1, as the PyTorch predictor and
     SAM do (box prompts need none); without it the logits differ slightly from PyTorch.
 
-Both graphs record ``edgesam.fp32_scopes`` in their metadata: ONNX name scopes of the normalisation
-layers, which the TensorRT builder keeps in FP32.
+Every exported graph (these two, the split decoder, ``rpn.onnx``) records ``edgesam.fp32_scopes`` in its metadata:
+the ONNX name scopes (or single nodes) of LayerNorm/GroupNorm, attention softmax, the positional encodings and
+the RPN box decoding (:func:`edgesam.export.onnx_common.fp32_scope_groups`), which the FP16 copies
+(:mod:`edgesam.export.fp16`, ``--precision fp16``) keep in FP32.
 """
 from __future__ import annotations
 
@@ -54,7 +56,7 @@ from ..models.teacher import sha256_file
 from .onnx_common import (  # noqa: F401  (re-exported: the export contract's names)
     DECODER_FILE, DECODER_INPUTS, DECODER_OUTPUTS, DEFAULT_OPSET, ENCODER_BATCH_AXIS, ENCODER_FILE, ENCODER_INPUTS,
     ENCODER_OUTPUTS, FP32_SCOPES_KEY, META_FILE,
-    _export, _finalise, _fp32_scopes)
+    _export, _finalise)
 from .onnx_native import OnnxPromptDecoder, export_decoder, export_encoder  # noqa: F401  (re-exported)
 
 

@@ -16,22 +16,24 @@ from ..models.edgesam import EdgeSAM
 from ..models.layers import fuse_for_deploy
 from ..models.prompt_decoder import PromptDecoder
 from .onnx_common import (DECODER_INPUTS, DECODER_OUTPUTS, DEFAULT_OPSET, ENCODER_BATCH_AXIS, ENCODER_INPUTS,
-                          ENCODER_OUTPUTS, FP32_SCOPES_KEY, _export, _finalise, _fp32_scopes)
+                          ENCODER_OUTPUTS, FP32_SCOPES_KEY, PointPromptEmbedding, _export, _finalise, _fp32_scopes)
 
 
 class OnnxPromptDecoder(nn.Module):
-    """Wraps a :class:`PromptDecoder` with SAM's ONNX inputs (mask prompt blended by ``has_mask_input``)."""
+    """Wraps a :class:`PromptDecoder` with SAM's ONNX inputs (mask prompt blended by ``has_mask_input``); the point
+    embedding runs in ``prompt_pe`` (:class:`PointPromptEmbedding`), whose scope FP16 copies keep in FP32."""
 
     def __init__(self, prompt_decoder: PromptDecoder) -> None:
         super().__init__()
         self.prompt_encoder = prompt_decoder.prompt_encoder
         self.mask_decoder = prompt_decoder.mask_decoder
+        self.prompt_pe = PointPromptEmbedding(self.prompt_encoder)
 
     def forward(self, image_embeddings: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor,
                 mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(1,256,h,w), (N,P,2), (N,P), (N,1,4h,4w), (N,) -> scores (N,4), masks (N,4,4h,4w)."""
         pe = self.prompt_encoder
-        sparse = pe.embed_points(point_coords, point_labels)
+        sparse = self.prompt_pe(point_coords, point_labels)
         has = has_mask_input.reshape(-1, 1, 1, 1)
         no_mask = pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
         dense = has * pe._embed_masks(mask_input) + (1.0 - has) * no_mask  # (N,256,h,w)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import warnings
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from torch import nn
 from ..models.bicubic import bicubic_as_conv
 from ..models.layers import fuse_for_deploy
 from ..models.rpn import RPN_ONNX_INPUTS, RPN_ONNX_OUTPUTS, EncoderWithRPN
+from .onnx_common import FP32_SCOPES_KEY, _finalise, _fp32_scopes
 
 
 def export_rpn_onnx(model: nn.Module, path: str | Path, opset: int = 17, fuse: bool = True) -> Path:
@@ -19,7 +21,8 @@ def export_rpn_onnx(model: nn.Module, path: str | Path, opset: int = 17, fuse: b
 
     ``model``: an EdgeSAM with ``model.rpn`` set. The encoder is deep-copied and RepVGG-fused first
     (exact in eval), and the neck's bicubic x2 upsample is written as its exact conv form (fast in ONNX
-    Runtime), as for ``encoder.onnx``.
+    Runtime), as for ``encoder.onnx``. Like every exported graph it records ``edgesam.fp32_scopes`` (here also
+    the box decoding after the head's convolutions) in its metadata.
     """
     if getattr(model, "rpn", None) is None:
         raise ValueError("model has no RPN (model.rpn is None): train one with distillation step 3 first")
@@ -38,4 +41,6 @@ def export_rpn_onnx(model: nn.Module, path: str | Path, opset: int = 17, fuse: b
         torch.onnx.export(wrapper, (torch.zeros(1, 3, s, s),), str(path), input_names=list(RPN_ONNX_INPUTS),
                           output_names=list(RPN_ONNX_OUTPUTS), opset_version=opset, do_constant_folding=True,
                           dynamo=False)
+    _finalise(path, {FP32_SCOPES_KEY: json.dumps(_fp32_scopes(path)), "edgesam.img_size": str(s),
+                     "edgesam.fused": str(bool(fuse))})
     return path

@@ -1,27 +1,30 @@
-"""TensorRT 10 engines from the exported ONNX graphs (FP16 with normalisations kept in FP32), cached on disk.
+"""TensorRT engines from the exported ONNX graphs, strongly typed (TensorRT 10.x and 11.x), cached on disk.
 
 ``import tensorrt`` happens inside the functions, so importing this module never needs TensorRT.
 
-* Network: ``builder.create_network(0)`` (explicit batch is the only mode in TensorRT 10), ``OnnxParser``.
-* FP16: ``BuilderFlag.FP16`` plus ``OBEY_PRECISION_CONSTRAINTS``; every layer inside the ONNX name scopes
-  listed in the graph's ``edgesam.fp32_scopes`` metadata (LayerNorm / LayerNorm2d) and every
-  normalisation layer is pinned to FP32. All-FP16 LayerNorm overflows (x - mean)^2 in FP16 and is a known
-  failure mode of SAM-family engines.
+* Network: ``builder.create_network(1 << STRONGLY_TYPED)`` and ``OnnxParser``. TensorRT 11 removed weakly typed
+  builds (``BuilderFlag.FP16``, precision constraints, per-layer precision and output types); a strongly typed
+  network takes every tensor's type from the graph, and TensorRT 10.x builds the same network the same way
+  (11.x accepts the flag and is strongly typed regardless). No precision flag or per-layer type is set.
+* ``precision="fp16"`` builds the mixed-precision copy ``NAME.fp16.onnx`` (:mod:`edgesam.export.fp16`; written
+  beside ``NAME.onnx`` when missing or stale): FP16 tensors, with LayerNorm/GroupNorm, attention softmax, the
+  positional encodings and the RPN box decoding in FP32 and float32 graph I/O, so the engine's I/O is float32.
+  ``precision="fp32"`` builds ``NAME.onnx`` itself (all float32).
 * Decoder optimisation profile: prompts N in [1, 64], points P in [1, 16], optimum N = P = 1 by default;
   callers that send ``max_proposals`` prompts per call build with ``decoder_profile_for(max_proposals)``
   (max >= it, opt = it), so one execute covers a call.
-* FP16 builds must pin at least one normalisation layer (:func:`require_pinned`), else they fail.
 * Builds are serialised across processes by a file lock next to the engine (Serve replicas starting together
   build once; the others wait and load the result).
 * Encoder optimisation profile (graphs exported with a dynamic batch axis): batch in [1, ``max_batch``],
   optimum ``max_batch`` (default 8, :class:`EncoderProfile`). Older encoder graphs with a fixed batch of 1
   get no profile and a batch-1 engine.
 * Cache: ``<cache_dir>/<onnx stem>-<precision>-<key>.engine`` with key = sha256(GPU name, TensorRT version,
-  ONNX file hash, precision, profile), so a new GPU, TensorRT, export or profile (for the encoder: its
-  batch bounds) never reuses a stale engine.
-* Accuracy gate (``export.tensorrt_gate.build_engines``): the fresh engines run beside ONNX Runtime (CPU) on random
-  input (a batch of 2 images when the encoder engine takes it); engines whose masks disagree (IoU < 0.9)
-  or give non-finite values are deleted and refused.
+  hash of the graph actually built (the ``.fp16.onnx`` copy for fp16), precision, profile), so a new GPU,
+  TensorRT, export, FP16 conversion or profile (for the encoder: its batch bounds) never reuses a stale engine.
+* Accuracy gate (``export.tensorrt_gate.build_engines``): the fresh engines run beside ONNX Runtime (CPU, the
+  float32 graphs) on random input (a batch of 2 images when the encoder engine takes it); engines whose masks
+  disagree (IoU < 0.9) or give non-finite values are deleted and refused. It stays on for strongly typed
+  engines: TensorRT 11.1 has an open report of silently wrong results from them (NVIDIA/TensorRT#4813).
 """
 from __future__ import annotations
 
@@ -33,8 +36,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..storage import sha256 as sha256_file
-from .onnx_export import FP32_SCOPES_KEY
-from .onnx_export import _fp32_scopes as scan_fp32_scopes
+from .fp16 import ensure_fp16
 from .trt_common import (PRECISIONS, TRT_MISSING, DecoderProfile, EncoderProfile, file_lock,  # noqa: F401
                          import_tensorrt, require_cuda)
 
@@ -86,7 +88,8 @@ def engine_cache_key(gpu: str, trt_version: str, onnx_sha256: str, precision: st
 
 def engine_cache_path(onnx_path: str | Path, precision: str = "fp16", cache_dir: str | Path | None = None,
                       profile: DecoderProfile | EncoderProfile | None = None, device: str | int = 0) -> Path:
-    """Where the engine for this ONNX file, GPU, TensorRT version, precision and profile is cached.
+    """Where the engine for this ONNX file, GPU, TensorRT version, precision and profile is cached (the key hashes
+    the graph actually built: :func:`built_graph`, so fp16 writes the FP16 copy first when it is missing).
 
     ``profile``: what the engine is built with (see :func:`graph_profile`): the DecoderProfile for
     ``decoder.onnx``, the EncoderProfile for an ``encoder.onnx`` with a dynamic batch, else None."""
@@ -95,62 +98,26 @@ def engine_cache_path(onnx_path: str | Path, precision: str = "fp16", cache_dir:
 
     dev = require_cuda(device)
     onnx_path = Path(onnx_path)
-    key = engine_cache_key(torch.cuda.get_device_name(dev), trt.__version__, _sha256(onnx_path), precision, profile)
+    graph = built_graph(onnx_path, precision)
+    key = engine_cache_key(torch.cuda.get_device_name(dev), trt.__version__, _sha256(graph), precision, profile)
     cache = Path(cache_dir) if cache_dir else onnx_path.parent / "trt_cache"
     return cache / f"{onnx_path.stem}-{precision}-{key}.engine"
 
 
-def _fp32_scopes(onnx_path: Path) -> list[str]:
-    """Normalisation name scopes: the graph's ``edgesam.fp32_scopes`` metadata (encoder/decoder exports), else
-    found by scanning the graph (``rpn.onnx`` carries no metadata)."""
-    import onnx
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    props = {p.key: p.value for p in model.metadata_props}
-    if FP32_SCOPES_KEY in props:
-        return json.loads(props[FP32_SCOPES_KEY])
-    return scan_fp32_scopes(onnx_path)
-
-
-def require_pinned(pinned: int, onnx_path: str | Path, scopes: list[str]) -> None:
-    """An FP16 build must have pinned at least one normalisation layer to FP32: all-FP16 LayerNorm is the most
-    reported failure of SAM-family engines, so a graph where none was found is refused, not built."""
-    if pinned < 1:
-        raise RuntimeError(f"{onnx_path}: FP16 build pinned no normalisation layer to FP32 ({len(scopes)} "
-                           "LayerNorm scopes in the graph's metadata or found by scanning, none matched a TensorRT "
-                           "layer); the engine would run LayerNorm in FP16. Re-export the graph with "
-                           "`python -m edgesam.export`, or build with precision='fp32'")
-
-
-def _pin_normalisations_fp32(trt, network, scopes: list[str]) -> int:
-    """Pin LayerNorm layers (by ONNX scope, or by layer type) to FP32; returns how many layers were pinned."""
-    prefixes = tuple(s.rstrip("/") + "/" for s in scopes)
-    floats = (trt.float32, trt.float16)
-    skip = {trt.LayerType.CONSTANT, trt.LayerType.SHAPE}
-    pinned = 0
-    for i in range(network.num_layers):
-        layer = network.get_layer(i)
-        is_norm = layer.type == trt.LayerType.NORMALIZATION
-        if not (is_norm or layer.name.startswith(prefixes)) or layer.type in skip:
-            continue
-        if not all(layer.get_output(j).dtype in floats for j in range(layer.num_outputs)):
-            continue  # shape/index arithmetic inside the scope
-        layer.precision = trt.float32
-        for j in range(layer.num_outputs):
-            layer.set_output_type(j, trt.float32)
-        if is_norm:
-            layer.__class__ = trt.INormalizationLayer  # Python bindings hand out the base ILayer
-            if hasattr(layer, "compute_precision"):
-                layer.compute_precision = trt.float32
-        pinned += 1
-    return pinned
+def built_graph(onnx_path: str | Path, precision: str) -> Path:
+    """The graph an engine of ``precision`` is built from: ``NAME.fp16.onnx`` for fp16 (written beside ``NAME.onnx``
+    by :func:`edgesam.export.fp16.ensure_fp16` when missing or stale), ``onnx_path`` itself for fp32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return ensure_fp16(onnx_path) if precision == "fp16" else Path(onnx_path)
 
 
 def build_engine(onnx_path: str | Path, precision: str = "fp16", cache_dir: str | Path | None = None,
                  profile: DecoderProfile = DecoderProfile(), workspace_gib: float = 4.0, force: bool = False,
                  device: str | int = 0, verbose: bool = False,
                  encoder_profile: EncoderProfile = EncoderProfile()) -> Path:
-    """Build (or reuse from the cache) a serialized engine for ``encoder.onnx`` or ``decoder.onnx``.
+    """Build (or reuse from the cache) a serialized, strongly typed engine for ``encoder.onnx``, ``decoder.onnx`` or
+    ``rpn.onnx``: from its FP16 copy for ``precision="fp16"`` (:func:`built_graph`), from the graph for fp32.
 
     ``profile`` bounds the decoder's prompt/point axes, ``encoder_profile`` the encoder's batch axis (when
     the graph has a dynamic one). Returns the engine path. Use ``tensorrt_gate.build_engines`` to also
@@ -171,35 +138,28 @@ def build_engine(onnx_path: str | Path, precision: str = "fp16", cache_dir: str 
     with file_lock(out.parent / f".{out.name}.lock"):
         if out.is_file() and not force:
             return out
-        return _build(trt, onnx_path, out, precision, decoder, profile, used_profile, workspace_gib, device, verbose)
+        graph = built_graph(onnx_path, precision)
+        return _build(trt, graph, out, precision, decoder, profile, used_profile, workspace_gib, device, verbose)
 
 
 def _build(trt, onnx_path: Path, out: Path, precision: str, decoder: bool, profile: DecoderProfile,
            used_profile: DecoderProfile | EncoderProfile | None, workspace_gib: float, device: str | int,
            verbose: bool) -> Path:
-    """Parse, configure (FP16 with pinned normalisations, profiles) and serialise one engine to ``out``
-    (written to a temporary file, then renamed: readers never see a partial engine)."""
-    if precision == "fp16" and not hasattr(trt.BuilderFlag, "FP16"):
-        raise RuntimeError(f"TensorRT {trt.__version__} has no weakly typed FP16 builds (removed in TensorRT 11); "
-                           "use precision='fp32' or TensorRT 10.x")
-
+    """Parse ``onnx_path`` (the graph of :func:`built_graph`) into a strongly typed network, add the profiles and
+    serialise one engine to ``out`` (written to a temporary file, then renamed: readers never see a partial
+    engine). The graph's tensor types are the engine's precision; no builder precision flag is set."""
     import torch
 
     torch.cuda.set_device(require_cuda(device))
     logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
-    if precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
-        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-        scopes = _fp32_scopes(onnx_path)
-        require_pinned(_pin_normalisations_fp32(trt, network, scopes), onnx_path, scopes)
     if decoder:
         opt = builder.create_optimization_profile()
         for i in range(network.num_inputs):

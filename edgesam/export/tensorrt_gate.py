@@ -1,6 +1,10 @@
 """The accuracy gate for TensorRT engines: build encoder + decoder engines (``tensorrt_build``), run them beside
 ONNX Runtime (CPU) on random input, and refuse (delete) fresh engines that disagree.
 
+The gate stays on for the strongly typed builds of TensorRT 10/11 (FP16 engines come from ``NAME.fp16.onnx``,
+compared here against the float32 graphs): TensorRT 11.1 has an open report of silently wrong results from
+strongly typed engines (NVIDIA/TensorRT#4813), so an engine is trusted only after it matched ONNX Runtime.
+
 A module of its own because it needs both the builder and the runtime (``inference.trt_backend``), which itself
 uses the builder: keeping the gate here keeps ``tensorrt_build`` free of runtime imports (no import circle).
 """

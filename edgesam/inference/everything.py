@@ -46,6 +46,7 @@ from . import amg_utils as U
 from .backends import DecoderBackend, EncoderBackend
 from .lowres_post import LowRes, Upsampler, filter_lowres, lowres_boxes_in_crop, lowres_nms, masks_to_rles
 from .rpn_backends import OrtRpnEncoder, RpnEncoderBackend, TorchRpnEncoder
+from .torch_options import TorchOptions
 
 __all__ = ["EverythingConfig", "EverythingGenerator", "candidates_from_logits",
            # encoder + RPN backends (edgesam.inference.rpn_backends), importable from here as before
@@ -184,15 +185,18 @@ class EverythingGenerator:
         self.device = str(getattr(decoder, "device", "cpu")) if self.tensor_path else "cpu"
 
     @classmethod
-    def from_model(cls, model: torch.nn.Module, cfg: EverythingConfig | None = None, device: str = "cpu") -> "EverythingGenerator":
-        """Torch backends from an :class:`EdgeSAM` (``model.rpn`` is needed for RPN mode)."""
+    def from_model(cls, model: torch.nn.Module, cfg: EverythingConfig | None = None, device: str = "cpu",
+                   torch_options: TorchOptions | None = None) -> "EverythingGenerator":
+        """Torch backends from an :class:`EdgeSAM` (``model.rpn`` is needed for RPN mode), run as
+        ``torch_options`` says (None: :meth:`TorchOptions.for_device`)."""
         from .runtime import make_backends
 
         cfg = cfg or EverythingConfig()
-        enc, dec = make_backends("torch", model=model, device=device)
+        opts = torch_options or TorchOptions.for_device(device)
+        enc, dec = make_backends("torch", model=model, device=device, torch_options=opts)
         rpn = None
         if getattr(model, "rpn", None) is not None:
-            rpn = TorchRpnEncoder(model.image_encoder, model.rpn, model.img_size, device)
+            rpn = TorchRpnEncoder(model.image_encoder, model.rpn, model.img_size, device, opts)
         elif cfg.mode == "rpn":
             raise ValueError("model has no RPN (model.rpn is None); load a checkpoint trained with step 3 or use mode 'grid'")
         return cls(dec, cfg, encoder=enc, rpn=rpn)
@@ -271,15 +275,20 @@ class EverythingGenerator:
         if self.cfg.mode == "rpn":
             run = getattr(self.rpn, "tensors", None) if self.tensor_path else None
             return run(x) if run is not None else self.rpn(x)  # type: ignore[misc]
-        emb = self.encoder(x) if self.encoder is not None else self.rpn(x)[0]  # type: ignore[misc]
-        return emb, None, None
+        if self.encoder is None:
+            return self.rpn(x)[0], None, None  # type: ignore[misc]
+        run = getattr(self.encoder, "tensors", None) if self.tensor_path else None
+        return (run(x) if run is not None else self.encoder(x)), None, None
 
     def _decode(self, emb, coords: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """One decoder call -> (logits (N,4,S/4,S/4), iou (N,4)) torch tensors (on ``self.device`` for torch backends)."""
         if self.tensor_path:
             dev = self.device
             t = lambda a: torch.as_tensor(a, dtype=torch.float32, device=dev)  # noqa: E731
-            return self.decoder.decode_tensors(t(emb), t(coords), t(labels))  # type: ignore[attr-defined]
+            # a device tensor passes as it is: its dtype is the backend's, and the split decoder reuses its
+            # image side while it sees the same embedding object
+            emb_t = emb if torch.is_tensor(emb) else t(emb)
+            return self.decoder.decode_tensors(emb_t, t(coords), t(labels))  # type: ignore[attr-defined]
         logits, iou = self.decoder(emb, coords, labels)
         return torch.from_numpy(np.asarray(logits, np.float32)), torch.from_numpy(np.asarray(iou, np.float32))
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..models.rpn import RPN_ONNX_OUTPUTS, EncoderWithRPN
+from .torch_options import TorchOptions, compiled, prepare
 
 
 class RpnEncoderBackend(Protocol):
@@ -26,13 +27,17 @@ class RpnEncoderBackend(Protocol):
 
 
 class TorchRpnEncoder:
-    """Student encoder + RPN in PyTorch (one ``forward_features`` pass)."""
+    """Student encoder + RPN in PyTorch (one ``forward_features`` pass), run as ``opts`` says (default: eager
+    float32; in half precision the boxes and scores are still decoded in float32)."""
 
-    def __init__(self, image_encoder: torch.nn.Module, rpn: torch.nn.Module, img_size: int, device: str = "cpu") -> None:
-        self.module = EncoderWithRPN(image_encoder, rpn).to(device).eval()
+    def __init__(self, image_encoder: torch.nn.Module, rpn: torch.nn.Module, img_size: int, device: str = "cpu",
+                 opts: TorchOptions | None = None) -> None:
+        self.opts = opts or TorchOptions()
+        self.module = prepare(EncoderWithRPN(image_encoder, rpn), self.opts, device, conv=True)
+        self._run = compiled(self.module, self.opts)
         self.img_size = img_size
         self.device = device
-        self.name = f"torch-{device}"
+        self.name = self.opts.backend_name(device)
 
     @torch.inference_mode()
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -40,8 +45,12 @@ class TorchRpnEncoder:
 
     @torch.inference_mode()
     def tensors(self, images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """As ``__call__``, but torch tensors left on ``device`` (the embedding never visits the host)."""
-        return self.module(torch.as_tensor(images, dtype=torch.float32, device=self.device))
+        """As ``__call__``, but torch tensors left on ``device`` (the embedding never visits the host; in
+        ``opts.dtype``, the boxes and scores float32)."""
+        x = torch.as_tensor(images, device=self.device).to(self.opts.torch_dtype)
+        if self.opts.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self._run(x)
 
 
 class OrtRpnEncoder:

@@ -12,6 +12,7 @@ from typing import Literal
 import torch
 
 from .backends import DecoderBackend, EncoderBackend, TorchDecoder, TorchEncoder
+from .torch_options import TorchOptions
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 BackendKind = Literal["torch", "onnxruntime", "tensorrt"]
@@ -42,21 +43,27 @@ def make_backends(kind: BackendKind, *, model: torch.nn.Module | None = None, on
                   device: str = "cpu", threads: int | None = None,
                   precision: str = "fp16", max_batch: int = 8, ort_decoder: str = "auto",
                   int8: bool | Literal["decoder"] = False,
-                  max_prompts: int = 64) -> tuple[EncoderBackend, DecoderBackend]:
+                  max_prompts: int = 64,
+                  torch_options: TorchOptions | None = None) -> tuple[EncoderBackend, DecoderBackend]:
     """Build ``(encoder, decoder)`` backends.
 
     kind: ``torch`` (needs ``model``: an EdgeSAM or SamTeacher), ``onnxruntime`` (needs ``onnx_dir``;
     ``device`` "cpu" or "cuda"), ``tensorrt`` (needs ``onnx_dir``, TensorRT and a CUDA ``device``;
-    ``precision`` "fp16" or "fp32"; ``max_batch`` images per encoder engine execute; ``max_prompts`` the most
+    ``precision`` "fp16" (strongly typed engines from the mixed-precision ``NAME.fp16.onnx`` graphs, written
+    on first use) or "fp32"; ``max_batch`` images per encoder engine execute; ``max_prompts`` the most
     prompts the caller sends per decoder call, e.g. ``max_proposals``: the decoder engine's profile covers it
     in one execute and is tuned for it). ``threads``: intra-op
     CPU threads for onnxruntime and torch (None: leave the library default). onnxruntime only:
     ``ort_decoder`` "auto" / "fast" / "reference" (:func:`edgesam.inference.ort_fast.make_ort_decoder`),
     ``int8`` True: INT8 encoder and prompt decoder, "decoder": the decoder only; the INT8 graphs are written
-    beside the fp32 ones on first use (recipe and accuracy: :mod:`edgesam.inference.quantize`).
+    beside the fp32 ones on first use (recipe and accuracy: :mod:`edgesam.inference.quantize`). torch only:
+    ``torch_options`` (None: :meth:`TorchOptions.for_device`, i.e. float32 eager on the CPU and half precision,
+    channels_last and the split decoder on CUDA; see :mod:`edgesam.inference.torch_options`).
     """
     if kind not in BACKENDS:
         raise ValueError(f"unknown backend {kind!r}; expected one of {BACKENDS}")
+    if torch_options is not None and kind != "torch":
+        raise ValueError(f"torch_options apply to backend 'torch', got backend {kind!r}")
     if int8 not in (False, True, "decoder"):
         raise ValueError(f"int8 must be False, True or 'decoder', got {int8!r}")
     if int8 and (kind != "onnxruntime" or device != "cpu"):
@@ -70,7 +77,8 @@ def make_backends(kind: BackendKind, *, model: torch.nn.Module | None = None, on
             torch.set_num_threads(threads)
         pd = model.prompt_decoder if isinstance(getattr(model, "prompt_decoder", None), torch.nn.Module) \
             else model.as_prompt_decoder()
-        return TorchEncoder(model.image_encoder, model.img_size, device), TorchDecoder(pd, device)
+        opts = torch_options or TorchOptions.for_device(device)
+        return TorchEncoder(model.image_encoder, model.img_size, device, opts), TorchDecoder(pd, device, opts)
     enc_path, dec_path = _onnx_files(kind, onnx_dir)
     if kind == "onnxruntime":
         from .ort_backend import CPU_EP, CUDA_EP, OrtDecoder, OrtEncoder

@@ -1,9 +1,11 @@
-"""TensorRT backends (TensorRT 10 Python API, torch CUDA tensors as I/O buffers).
+"""TensorRT backends (TensorRT 10.x / 11.x Python API, torch CUDA tensors as I/O buffers).
 
 ``TrtEncoder`` / ``TrtDecoder`` take either an ``.engine`` file or an ``.onnx`` file (built and cached by
 :func:`edgesam.export.tensorrt_build.build_engine`) and implement the numpy protocols of
 :mod:`edgesam.inference.backends`. Inference binds each I/O tensor with ``set_tensor_address`` and runs
-``execute_async_v3`` on the current torch CUDA stream. ``TrtEncoder`` runs a whole batch of images per
+``execute_async_v3`` on the current torch CUDA stream (name-based tensor API only: none of it is among the
+11.x removals). Engines are strongly typed and their I/O is float32 for both precisions (the FP16 graphs keep
+float32 inputs and outputs); ``TrtEngine`` still reads each I/O tensor's type from the engine. ``TrtEncoder`` runs a whole batch of images per
 execute when the engine has a dynamic batch axis (chunks of the profile's maximum, ``EncoderProfile.max_batch``),
 and image by image for engines built from older fixed-batch-1 graphs.
 

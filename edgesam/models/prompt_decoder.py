@@ -8,6 +8,8 @@
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
 from torch import nn
@@ -16,18 +18,38 @@ IGNORE, PAD, NEG, POS, BOX_TL, BOX_BR = -2, -1, 0, 1, 2, 3
 VALID_LABELS = (IGNORE, PAD, NEG, POS, BOX_TL, BOX_BR)
 
 
+def _float32(device_type: str) -> contextlib.AbstractContextManager:
+    """Autocast off on ``device_type`` (where autocast exists; a no-op on e.g. the meta device)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 class EdgePromptEncoder(PromptEncoder):
     """PromptEncoder whose point path also embeds box corners and the EdgeSAM "ignore" label."""
 
     def embed_points(self, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """coords (N, P, 2) x-y pixels in the padded S x S input frame; labels (N, P) -> (N, P, 256)."""
-        emb = self.pe_layer.forward_with_coords(coords + 0.5, self.input_image_size)
+        """coords (N, P, 2) x-y pixels in the padded S x S input frame; labels (N, P) -> (N, P, 256) in the
+        dtype of the point embeddings (the positional encoding itself is computed in float32)."""
+        if coords.dtype != torch.float32:
+            coords = coords.float()
+        with _float32(coords.device.type):
+            emb = self.pe_layer.forward_with_coords(coords + 0.5, self.input_image_size)
+        dtype = self.point_embeddings[0].weight.dtype
+        if emb.dtype != dtype:
+            emb = emb.to(dtype)
         labels = labels.to(torch.long)[..., None]
         emb = torch.where(labels < 0, torch.zeros_like(emb), emb)
         emb = emb + (labels == PAD) * self.not_a_point_embed.weight
         for lab in (NEG, POS, BOX_TL, BOX_BR):
             emb = emb + (labels == lab) * self.point_embeddings[lab].weight
         return emb
+
+    def get_dense_pe(self) -> torch.Tensor:
+        """(1, 256, S/16, S/16) positional encoding of the embedding grid, always float32: sin/cos of
+        ``2 pi (coords @ G)`` lose their phase in half precision, so the PE stays out of autocast and half casts."""
+        with _float32(self.pe_layer.positional_encoding_gaussian_matrix.device.type):
+            return self.pe_layer(self.image_embedding_size).unsqueeze(0)
 
     def embed_dense(self, mask_input: torch.Tensor | None, n: int) -> torch.Tensor:
         """Mask prompt (N, 1, S/4, S/4) logits or None -> dense embedding (N, 256, S/16, S/16)."""
@@ -52,6 +74,8 @@ class EdgeMaskDecoder(MaskDecoder):
         tokens = torch.cat([out_tokens.unsqueeze(0).expand(n, -1, -1), sparse], dim=1)
         src = image_embeddings.expand(n, -1, -1, -1) if image_embeddings.shape[0] == 1 else image_embeddings
         src = src + dense
+        if image_pe.dtype != src.dtype:  # the PE is float32 (see EdgePromptEncoder.get_dense_pe)
+            image_pe = image_pe.to(src.dtype)
         pos = image_pe.expand(n, -1, -1, -1)
         b, c, h, w = src.shape
         hs, src = self.transformer(src, pos, tokens)

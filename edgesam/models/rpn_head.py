@@ -126,6 +126,8 @@ class RPN(nn.Module):
             c = self.cls_tower(x)
             b = self.box_tower(x)
             log_ltrb = scale(self.box_ltrb(b)).clamp(max=self.max_log_ltrb)
+            if log_ltrb.dtype != torch.float32:  # box decoding stays float32: exp(.) reaches S-frame pixels
+                log_ltrb = log_ltrb.float()
             out.append({"logits": self.cls_logits(c), "ltrb": stride * torch.exp(log_ltrb),
                         "centerness": self.centerness(b)})
         return out

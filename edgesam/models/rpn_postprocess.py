@@ -51,5 +51,8 @@ class EncoderWithRPN(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         feats = self.image_encoder.forward_features(images)
-        boxes, scores = self.rpn.decode(self.rpn(feats))
+        outputs = self.rpn(feats)
+        if outputs[0]["logits"].dtype != torch.float32:  # half models: scores and boxes are decoded in float32
+            outputs = [{k: v.float() for k, v in level.items()} for level in outputs]
+        boxes, scores = self.rpn.decode(outputs)
         return feats["embedding"], boxes, scores
