@@ -1,6 +1,13 @@
-"""Encoder + decoder latency on CPU: EdgeSAM (torch eager, torch fused, ONNX Runtime) vs SAM ViT-B / ViT-H.
+"""Encoder + decoder latency on CPU: EdgeSAM (torch eager, torch fused, ONNX Runtime) vs the peer encoders.
 
     python benchmarks/encoders.py --threads 2 --out BENCHMARKS.md
+    python benchmarks/encoders.py --peers mobilesam,vit_b      # a subset of the peers
+    python benchmarks/encoders.py --skip-peers                 # EdgeSAM only
+
+The peers (MobileSAM, EfficientViT-SAM-L0, SAM 2.1 Hiera-T, SAM ViT-B, SAM ViT-H) come from
+``benchmarks/peers.py``; one that is not installed gets a skipped row naming its pip command
+(``pip install -e '.[peers]'`` installs them all). Every row is measured in the same run, with the same
+threads, in torch eager and in ONNX Runtime (legacy exporter, opset 17).
 
 All models have RANDOM weights (no checkpoint can be downloaded here); latency and MACs do not depend on
 the weight values. Writes one section of BENCHMARKS.md (between ``<!-- encoders:begin -->`` and
@@ -27,11 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 from benchmarks.common import (CpuContention, count_macs, count_params, load_average, machine_info,  # noqa: E402
                                matmul_gflops, median, replace_section, set_threads, time_runs, wait_for_quiet)
+from benchmarks.peers import PEERS, PeerUnavailable, build_peer, installed_versions  # noqa: E402
 from edgesam.export import export_all  # noqa: E402
 from edgesam.inference.ort_backend import CPU_EP, OrtDecoder, OrtEncoder, make_session  # noqa: E402
 from edgesam.models import EdgeSAM, fuse_for_deploy  # noqa: E402
 
-HEADING = "## Encoders and decoder (issue 2)"
+HEADING = "## Encoders and decoder, with peer encoders"
 SIZE = 1024
 # Other engineers share the 2 cores. Every timed block waits for a 1-min load average <= max_load, then
 # measures how many cores other processes used during its runs (/proc/stat); above max_others it is
@@ -57,8 +65,10 @@ def _timed(fn, runs: int, warmup: int) -> list[float]:
 
 
 def _row(key: str, model: str, runtime: str, params: float | None, macs: float | None, times: list[float] | None,
-         note: str = "") -> dict:
-    return {"key": key, "model": model, "runtime": runtime, "params_m": params, "gmacs": None if macs is None else macs / 1e9,
+         note: str = "", size: int | None = SIZE) -> dict:
+    """One table row: params in millions, MACs as a count, times in seconds, ``size`` the square input side."""
+    return {"key": key, "model": model, "size": size, "runtime": runtime, "params_m": params,
+            "gmacs": None if macs is None else macs / 1e9,
             "times_s": times, "median_s": median(times) if times else None, "note": note,
             "load": _QUIET["last_load"] if times else None}
 
@@ -147,39 +157,51 @@ def bench_edgesam(threads: int, runs: int, tmp: Path) -> tuple[list[dict], list[
     return rows, dec_rows, variants, facts
 
 
-def _export_vit(encoder: torch.nn.Module, path: Path) -> None:
+def _export_onnx(encoder: torch.nn.Module, size: int, path: Path) -> None:
+    """Legacy (TorchScript) export at opset 17 of ``encoder`` for a (1, 3, size, size) input named ``image``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         # >2 GB (ViT-H) is written with external data files beside ``path`` automatically.
-        torch.onnx.export(encoder, (torch.zeros(1, 3, SIZE, SIZE),), str(path), input_names=["image"],
+        torch.onnx.export(encoder, (torch.zeros(1, 3, size, size),), str(path), input_names=["image"],
                           output_names=["image_embeddings"], opset_version=17, do_constant_folding=True, dynamo=False)
 
 
-def bench_vit(name: str, threads: int, runs: int, tmp: Path, do_ort: bool) -> list[dict]:
-    from segment_anything import sam_model_registry
+# Builder options for the benchmark: SAM2 returns its high-res maps too, so the exported graph keeps every
+# branch that ``forward_image`` runs and torch and ORT time the same work.
+_BUILD_KWARGS = {"sam2_hiera_t": {"high_res_features": True}}
 
-    label = f"SAM {name.replace('_', '-').upper().replace('VIT', 'ViT')} image encoder"
-    with torch.device("meta"):
-        meta_enc = sam_model_registry[name](checkpoint=None).image_encoder
-    macs = count_macs(lambda: meta_enc(torch.empty(1, 3, SIZE, SIZE, device="meta")))
+
+def bench_peer(key: str, threads: int, runs: int, tmp: Path, do_ort: bool, torch_warmup: int = 2) -> list[dict]:
+    """Torch eager and ONNX Runtime rows for peer ``key``; a skipped row (with the pip command) when absent.
+
+    Params and MACs come from a meta-device copy, so the large ViTs are counted without computing them.
+    """
+    kwargs = _BUILD_KWARGS.get(key, {})
+    try:
+        label, meta_enc, size = build_peer(key, device="meta", **kwargs)
+    except PeerUnavailable as e:
+        print(f"{key}: {e}", flush=True)
+        return [_row(key, PEERS[key].name, "n/a", None, None, None, f"skipped: not installed; `{e.pip}`", None)]
+    macs = count_macs(lambda: meta_enc(torch.empty(1, 3, size, size, device="meta")))
     params = count_params(meta_enc) / 1e6
     del meta_enc
     torch.manual_seed(0)
-    encoder = sam_model_registry[name](checkpoint=None).image_encoder.eval()  # random weights
-    x_t = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 3, SIZE, SIZE)).astype(np.float32))
+    _, encoder, _ = build_peer(key, **kwargs)  # random weights
+    x_t = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32))
     rows = []
     t0 = time.perf_counter()
     with torch.inference_mode():
-        rows.append(_row(name, label, "torch eager", params, macs, _timed(lambda: encoder(x_t), runs, warmup=1)))
-    print(f"{label} torch: {rows[-1]['median_s']:.2f} s ({time.perf_counter() - t0:.0f} s total)", flush=True)
+        rows.append(_row(key, label, "torch eager", params, macs, _timed(lambda: encoder(x_t), runs, torch_warmup),
+                         size=size))
+    print(f"{label} torch: {rows[-1]['median_s']:.3f} s ({time.perf_counter() - t0:.0f} s total)", flush=True)
     if not do_ort:
-        rows.append(_row(name, label, "onnxruntime", params, macs, None, "skipped (--skip-ort for this model)"))
+        rows.append(_row(key, label, "onnxruntime", params, macs, None, "skipped (--skip-vit-h-ort)", size))
         return rows
-    onnx_path = tmp / name / "encoder.onnx"
+    onnx_path = tmp / key / "encoder.onnx"
     try:
         t0 = time.perf_counter()
-        _export_vit(encoder, onnx_path)
+        _export_onnx(encoder, size, onnx_path)
         export_s = time.perf_counter() - t0
         del encoder
         gc.collect()
@@ -188,12 +210,13 @@ def bench_vit(name: str, threads: int, runs: int, tmp: Path, do_ort: bool) -> li
         # two warm-ups: ORT's arena grows over the first two runs of a ViT (seconds of page faults)
         times = _timed(lambda: sess.run(None, {"image": x}), runs, warmup=2)
         size_gb = sum(p.stat().st_size for p in onnx_path.parent.iterdir()) / 1e9
-        rows.append(_row(name, label, "onnxruntime", params, macs, times,
-                         f"export {export_s:.0f} s, {size_gb:.2f} GB ONNX"))
+        rows.append(_row(key, label, "onnxruntime", params, macs, times,
+                         f"export {export_s:.0f} s, {size_gb:.2f} GB ONNX", size))
         del sess
     except Exception as e:  # noqa: BLE001 - report, keep the torch numbers
         traceback.print_exc()
-        rows.append(_row(name, label, "onnxruntime", params, macs, None, f"not run: {type(e).__name__}: {e}"[:200]))
+        rows.append(_row(key, label, "onnxruntime", params, macs, None,
+                         f"not exported/run: {type(e).__name__}: {e}"[:200], size))
     gc.collect()
     print(f"{label} ORT: {rows[-1]['median_s']}", flush=True)
     return rows
@@ -209,7 +232,8 @@ def _x(v: float | None) -> str:
 
 def render(info: dict, cmd: str, rows: list[dict], dec_rows: list[dict], variants: list[dict], facts: dict,
            matmul: float, loads: tuple[float, float], runs: dict) -> str:
-    ref = {(r["runtime"], r["key"]): r["median_s"] for r in rows if r["key"] != "edgesam"}
+    # EdgeSAM's speed-up over a peer compares like with like: eager with eager, ORT with ORT.
+    edge_ref = {r["runtime"]: r["median_s"] for r in rows if r["key"] == "edgesam"}
     lines = [
         "**All models have random weights** (no checkpoints can be downloaded on this machine). Latency and MACs "
         "do not depend on weight values; no accuracy is measured here.",
@@ -221,25 +245,29 @@ def render(info: dict, cmd: str, rows: list[dict], dec_rows: list[dict], variant
         f"1-min load average {loads[0]:.2f} at start, {loads[1]:.2f} at end (other engineers share these cores)",
         f"- fp32 matmul rate (torch 2048x2048, {info['threads']} threads, better of start and end): "
         f"**{matmul:.0f} GFLOP/s**",
-        f"- Input 1x3x{SIZE}x{SIZE}; medians over {runs['fast']} runs (EdgeSAM), {runs['vit_b']} (ViT-B), "
-        f"{runs['vit_h']} (ViT-H) after warm-up (2 runs; 1 for the ViTs in torch); MACs from `torch.utils.flop_counter.FlopCounterMode` "
+        f"- Input 1x3xSxS with S in the `input` column (each encoder at its own resolution); medians over "
+        f"{runs['fast']} runs (EdgeSAM), {runs['peers']} (MobileSAM, EfficientViT-SAM-L0, SAM 2.1 Hiera-T), "
+        f"{runs['vit_b']} (ViT-B), {runs['vit_h']} (ViT-H) after warm-up (2 runs; 1 for the SAM ViTs in torch); "
+        "MACs from `torch.utils.flop_counter.FlopCounterMode` "
         "(conv/linear/matmul, FLOPs/2). The machine is shared: each timed block waits for a 1-min load "
         f"average <= {_QUIET['max_load']}, and `others (cores)` is the average CPU other processes used during "
         f"its timed runs (from /proc/stat); a block above {_QUIET['max_others']} cores is retried up to "
         f"{_QUIET['attempts']} times and the least disturbed attempt is kept.",
         "",
-        "| model | runtime | params (M) | GMACs | median latency (s) | speed-up vs ViT-B | speed-up vs ViT-H | achieved GFLOP/s | min (s) | others (cores) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "`EdgeSAM speed-up` is the peer's median over EdgeSAM's median in the same runtime (torch eager vs "
+        "EdgeSAM torch eager, ORT vs EdgeSAM ORT).",
+        "",
+        "| model | input | runtime | params (M) | GMACs | median latency (s) | EdgeSAM speed-up | achieved GFLOP/s | min (s) | others (cores) |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        family = "onnxruntime" if r["runtime"] == "onnxruntime" else "torch eager"
         t = r["median_s"]
-        sb = None if t is None or ref.get((family, "vit_b")) is None else ref[(family, "vit_b")] / t
-        sh = None if t is None or ref.get((family, "vit_h")) is None else ref[(family, "vit_h")] / t
+        edge_t = edge_ref.get(r["runtime"])
+        speedup = "—" if r["key"] == "edgesam" else _x(None if t is None or edge_t is None else t / edge_t)
         gf = None if t is None else 2 * r["gmacs"] / t
         runtime = r["runtime"] + (f" ({r['note']})" if r["note"] else "")
-        lines.append(f"| {r['model']} | {runtime} | {_fmt(r['params_m'], '.2f')} | {_fmt(r['gmacs'], '.1f')} | "
-                     f"{_fmt(t, '.3f')} | {_x(sb)} | {_x(sh)} | {_fmt(gf, '.0f')} | "
+        lines.append(f"| {r['model']} | {r['size'] or 'n/a'} | {runtime} | {_fmt(r['params_m'], '.2f')} | "
+                     f"{_fmt(r['gmacs'], '.1f')} | {_fmt(t, '.3f')} | {speedup} | {_fmt(gf, '.0f')} | "
                      f"{_fmt(min(r['times_s']) if r['times_s'] else None, '.3f')} | {_fmt(r['load'], '.2f')} |")
     lines += ["", "Decoder (prompt encoder + mask decoder, one point + SAM's padding point per prompt; "
               "64 prompts in one batched call):", "",
@@ -283,8 +311,14 @@ def render(info: dict, cmd: str, rows: list[dict], dec_rows: list[dict], variant
               "prompts saves little on CPU; compare the per-prompt column for 1 and 64 prompts.",
               "- The EdgeSAM encoder export keeps the neck's bicubic upsample but writes it as an exact "
               "pad + depthwise conv + DepthToSpace: ORT's CPU cubic `Resize` kernel is slow (see the session table).",
-              "- SAM ViT-B/H are segment-anything's `sam_model_registry[...](checkpoint=None)` image encoders "
-              "(random weights) exported with the legacy exporter, opset 17; ViT-H's ONNX uses external data."]
+              "- Every peer is exported with the legacy exporter (`dynamo=False`), opset 17, and run in ORT with the "
+              "same session settings as EdgeSAM's (graph optimisation ALL); ViT-H's ONNX uses external data. "
+              "SAM 2.1's graph outputs the main 64x64 map and the two projected high-res maps its decoder also "
+              "reads, so both runtimes time everything `forward_image` computes.",
+              "- Where each peer's model code comes from (`pip install -e '.[peers]'`; random weights, "
+              "built by `benchmarks/peers.py`):"]
+    lines += [f"  - {PEERS[k].name}: {PEERS[k].source}; installed: {installed_versions(k)}"
+              for k in dict.fromkeys(r["key"] for r in rows) if k in PEERS]
     return "\n".join(lines) + "\n"
 
 
@@ -293,16 +327,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch and ORT intra-op threads")
     p.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"), help="markdown file to update")
     p.add_argument("--runs", type=int, default=10, help="timed runs for the fast models (EdgeSAM, decoder)")
+    p.add_argument("--peer-runs", type=int, default=10,
+                   help="timed runs for MobileSAM, EfficientViT-SAM-L0 and SAM 2.1 Hiera-T")
     p.add_argument("--vit-b-runs", type=int, default=3)
     p.add_argument("--vit-h-runs", type=int, default=1)
+    p.add_argument("--peers", default=",".join(PEERS),
+                   help=f"comma-separated peers to measure, in this order (default: all of {','.join(PEERS)})")
+    p.add_argument("--skip-peers", action="store_true", help="EdgeSAM only: no peer encoders")
     p.add_argument("--skip-vit-h", action="store_true", help="leave ViT-H out entirely")
     p.add_argument("--skip-vit-h-ort", action="store_true", help="run ViT-H in torch only (its ONNX is ~2.5 GB)")
     p.add_argument("--max-load", type=float, default=1.5, help="wait for a 1-min load average at or below this")
     p.add_argument("--wait", type=float, default=900, help="seconds each timed block waits for a quiet machine")
     p.add_argument("--json", type=Path, default=None, help="also write the raw numbers here")
     args = p.parse_args(argv)
-    if args.threads < 1 or args.runs < 1:
-        p.error("--threads and --runs must be >= 1")
+    if min(args.threads, args.runs, args.peer_runs, args.vit_b_runs, args.vit_h_runs) < 1:
+        p.error("--threads and the --*runs counts must be >= 1")
+    peers = [] if args.skip_peers else [k.strip() for k in args.peers.split(",") if k.strip()]
+    unknown = [k for k in peers if k not in PEERS]
+    if unknown:
+        p.error(f"unknown peer(s) {', '.join(unknown)}; known: {', '.join(PEERS)}")
+    if args.skip_vit_h:
+        peers = [k for k in peers if k != "vit_h"]
     cmd = "python benchmarks/encoders.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
 
     print("NOTE: every model here has RANDOM weights; only speed and size are measured.", flush=True)
@@ -317,14 +362,16 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp_s)
         rows, dec_rows, variants, facts = bench_edgesam(args.threads, args.runs, tmp)
         print(json.dumps(rows, indent=1), flush=True)
-        rows += bench_vit("vit_b", args.threads, args.vit_b_runs, tmp, do_ort=True)
-        if not args.skip_vit_h:
-            rows += bench_vit("vit_h", args.threads, args.vit_h_runs, tmp, do_ort=not args.skip_vit_h_ort)
+        peer_runs = {"vit_b": args.vit_b_runs, "vit_h": args.vit_h_runs}
+        for key in peers:
+            vit = key in peer_runs
+            rows += bench_peer(key, args.threads, peer_runs.get(key, args.peer_runs), tmp,
+                               do_ort=not (key == "vit_h" and args.skip_vit_h_ort), torch_warmup=1 if vit else 2)
     wait_for_quiet(args.max_load, args.wait)
     matmul = max(matmul, matmul_gflops(args.threads))  # contention only lowers it: keep the better of start/end
     loads = (load_start, load_average())
     body = render(info, cmd, rows, dec_rows, variants, facts, matmul, loads,
-                  {"fast": args.runs, "vit_b": args.vit_b_runs, "vit_h": args.vit_h_runs})
+                  {"fast": args.runs, "peers": args.peer_runs, "vit_b": args.vit_b_runs, "vit_h": args.vit_h_runs})
     replace_section(args.out, "encoders", HEADING, body)
     if args.json:
         args.json.write_text(json.dumps({"info": info, "matmul_gflops": matmul, "loads": loads, "rows": rows,
