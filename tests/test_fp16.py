@@ -10,18 +10,16 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
-onnx = pytest.importorskip("onnx")
-pytest.importorskip("onnxconverter_common")
-
-from edgesam.export.fp16 import (FP16_GRAPHS, PRECISION_KEY, SOURCE_KEY, export_fp16, fp16_path,  # noqa: E402
+from edgesam.export.fp16 import (FP16_GRAPHS, PRECISION_KEY, SOURCE_KEY, export_fp16, fp16_path,
                                  fp16_report)
-from edgesam.export.onnx_common import FP32_SCOPES_KEY, META_FILE, fp32_scope_groups, in_fp32_scope  # noqa: E402
+from edgesam.export.onnx_common import FP32_SCOPES_KEY, META_FILE, fp32_scope_groups, in_fp32_scope
 
 S = 256
-PHOTOS = Path("/work/shared/images")
+PHOTOS = Path(__file__).resolve().parent.parent.parent / "shared" / "images"  # ../shared beside the checkout
 FLOAT, FLOAT16 = 1, 10
 HEAVY = ("Conv", "MatMul", "Gemm", "ConvTranspose")
 
