@@ -188,14 +188,13 @@ def bench_decoder(b: Bench, model: EdgeSAM, sz: Sizes, opts: dict[str, TorchOpti
             b.row("split decoder", f"{mode}, {n} prompts", run, needs_cuda=o.cuda_graphs)
 
 
-def bench_everything(b: Bench, model: EdgeSAM, sz: Sizes, opts: dict[str, TorchOptions], half: str) -> None:
+def bench_everything(b: Bench, model: EdgeSAM, sz: Sizes, opts: dict[str, TorchOptions]) -> None:
     from edgesam.inference.everything import EverythingConfig, EverythingGenerator
 
     imgs = photos(sz.photo_hw, sz.photos)
     n = sz.grid * sz.grid
     cfg = EverythingConfig(mode="grid", points_per_side=sz.grid, points_per_batch=n)
-    for mode in (f"{half} + channels_last", f"{half} compiled + CUDA graphs"):
-        o = opts[mode]
+    for mode, o in opts.items():
 
         def run(o: TorchOptions = o) -> dict:
             gen = EverythingGenerator.from_model(model, cfg, device=b.device, torch_options=o)
@@ -362,6 +361,17 @@ def bench_peers(b: Bench, model: EdgeSAM, sz: Sizes, half: str, smoke: bool) -> 
             b.row("peers", name, run)
 
 
+SECTIONS = ["encoder", "split decoder", "everything", "accuracy", "distill", "peers"]
+
+
+def _mode_order(row: dict) -> tuple[int, float]:
+    """Table order within a section: by mode as :func:`modes` lists them, then batch / prompt count."""
+    order = ["eager fp32", "+ channels_last", "compiled", "CUDA graphs", "compiled + CUDA graphs"]
+    name = row["name"]
+    rank = max((i for i, m in enumerate(order) if f" {m}," in f" {name}" or name.startswith(m)), default=0)
+    return rank, float(row.get("batch") or row.get("prompts") or 0)
+
+
 def render(meta: dict, rows: list[dict]) -> str:
     """The markdown section: run facts, then one table per section."""
     lines = [f"**All weights are random** (speed and memory do not depend on them). Command: `{meta['command']}`",
@@ -381,8 +391,8 @@ def render(meta: dict, rows: list[dict]) -> str:
             return ", ".join(f"{k} {fmt(x)}" for k, x in v.items())
         return str(v)
 
-    for section in dict.fromkeys(r["section"] for r in rows):
-        sec = [r for r in rows if r["section"] == section]
+    for section in sorted(dict.fromkeys(r["section"] for r in rows), key=SECTIONS.index):
+        sec = sorted((r for r in rows if r["section"] == section), key=_mode_order)
         extra = [k for k in ("share", "masks_per_image", "box_iou", "point_iou", "embedding_rel_err",
                              "masks_compared") if any(k in r for r in sec)]
         ratio = section == "peers"
@@ -432,13 +442,21 @@ def main(argv: list[str] | None = None) -> int:
         # smoke: torch.compile traces the full graph without generating code (inductor takes minutes on a CPU)
         opts = modes(a.half, "eager" if a.smoke else "inductor")
         wanted = set(a.sections.split(","))
-        steps = {"encoder": lambda: bench_encoder(b, model, sz, opts),
-                 "decoder": lambda: bench_decoder(b, model, sz, opts),
-                 "everything": lambda: bench_everything(b, model, sz, opts, a.half),
-                 "accuracy": lambda: bench_accuracy(b, model, sz, a.half),
-                 "distill": lambda: bench_distill(b, sz),
-                 "peers": lambda: bench_peers(b, model, sz, a.half, a.smoke)}
-        for name, step in steps.items():
+        # every section first without compilation, then the compiled modes: if compiling eats the time
+        # budget, only compiled rows are skipped
+        eager = {k: o for k, o in opts.items() if not o.compile}
+        comp = {k: o for k, o in opts.items() if o.compile}
+        best_eager, best_comp = f"{a.half} + channels_last", f"{a.half} compiled + CUDA graphs"
+        steps = [("encoder", lambda: bench_encoder(b, model, sz, eager)),
+                 ("decoder", lambda: bench_decoder(b, model, sz, eager)),
+                 ("everything", lambda: bench_everything(b, model, sz, {best_eager: opts[best_eager]})),
+                 ("accuracy", lambda: bench_accuracy(b, model, sz, a.half)),
+                 ("distill", lambda: bench_distill(b, sz)),
+                 ("peers", lambda: bench_peers(b, model, sz, a.half, a.smoke)),
+                 ("encoder", lambda: bench_encoder(b, model, sz, comp)),
+                 ("decoder", lambda: bench_decoder(b, model, sz, comp)),
+                 ("everything", lambda: bench_everything(b, model, sz, {best_comp: opts[best_comp]}))]
+        for name, step in steps:
             if name in wanted:
                 step()
         meta = {"command": "python benchmarks/gpu.py" + ("" if argv is None else " " + " ".join(argv)),
