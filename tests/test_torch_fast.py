@@ -57,28 +57,51 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / union) if union else 1.0
 
 
-def test_compile_fullgraph_matches_eager(model: EdgeSAM, photo: np.ndarray) -> None:
-    """Encoder, RPN encoder and split decoder under ``torch.compile(fullgraph=True)`` (inductor) match eager
-    float32 to 1e-4, and the compiled decoder pads 5 prompts to bucket 8 without changing them."""
-    compiled = TorchOptions(compile=True, split_decoder=True, prompt_buckets=(1, 8))
-    eager_enc = TorchEncoder(model.image_encoder, S)
-    emb = eager_enc(photo)
-    emb_c = TorchEncoder(model.image_encoder, S, "cpu", compiled)(photo)
-    assert np.abs(emb_c - emb).max() <= 1e-4 * max(1.0, np.abs(emb).max())
+def _compile_report() -> dict[str, float]:
+    """Max |compiled - eager| / max(1, max |eager|) of the encoder, the RPN encoder's three outputs and the split
+    decoder (5 prompts padded to bucket 8) under ``torch.compile(fullgraph=True)`` (inductor), float32, seeded
+    random weights, on a photo; plus the compiled decoder's mask count."""
+    torch.manual_seed(0)
+    model = EdgeSAM(S).eval()
+    model.rpn = build_rpn(model.image_encoder.feature_channels).eval()
+    from skimage import data
 
+    photo = preprocess(data.astronaut(), S)[0].numpy()
+    compiled = TorchOptions(compile=True, split_decoder=True, prompt_buckets=(1, 8))
+    err = lambda got, ref: float(np.abs(got - ref).max() / max(1.0, np.abs(ref).max()))  # noqa: E731
+    emb = TorchEncoder(model.image_encoder, S)(photo)
+    out = {"encoder": err(TorchEncoder(model.image_encoder, S, "cpu", compiled)(photo), emb)}
     ref = TorchRpnEncoder(model.image_encoder, model.rpn, S)(photo)
     got = TorchRpnEncoder(model.image_encoder, model.rpn, S, "cpu", compiled)(photo)
-    for name, r, g in zip(("embedding", "boxes", "scores"), ref, got):
-        assert g.shape == r.shape, name
-        assert np.abs(g - r).max() <= 1e-4 * max(1.0, np.abs(r).max()), name
-
+    out.update({f"rpn_{name}": err(g, r) for name, g, r in zip(("embedding", "boxes", "scores"), got, ref)})
     coords, labels = _prompts(5)
     m_ref, i_ref = TorchDecoder(model.as_prompt_decoder())(emb, coords, labels)
-    dec = TorchDecoder(model.as_prompt_decoder(), "cpu", compiled)
-    m_c, i_c = dec(emb, coords, labels)
-    assert m_c.shape == m_ref.shape == (5, 4, S // 4, S // 4)
-    assert np.abs(m_c - m_ref).max() <= 1e-4 * max(1.0, np.abs(m_ref).max())
-    assert np.abs(i_c - i_ref).max() <= 1e-4
+    m_c, i_c = TorchDecoder(model.as_prompt_decoder(), "cpu", compiled)(emb, coords, labels)
+    out.update({"decoder_masks": err(m_c, m_ref), "decoder_iou": err(i_c, i_ref), "decoder_count": len(m_c)})
+    return out
+
+
+def test_compile_fullgraph_matches_eager() -> None:
+    """Encoder, RPN encoder and split decoder under ``torch.compile(fullgraph=True)`` (inductor) match eager
+    float32 to 1e-4, and the compiled decoder pads 5 prompts to bucket 8 without changing them.
+
+    Inductor's CPU kernels are shared objects linked against the compiler's OpenMP, next to the one torch ships;
+    the check runs in its own process so the suite's process never holds both at exit."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-c", "import json, tests.test_torch_fast as t; "
+                                                 "print(json.dumps(t._compile_report()))"],
+                          cwd=root, capture_output=True, text=True, timeout=540)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    print("torch.compile vs eager, max error relative to max(1, |eager|):", report)
+    assert report.pop("decoder_count") == 5
+    assert set(report) == {"encoder", "rpn_embedding", "rpn_boxes", "rpn_scores", "decoder_masks", "decoder_iou"}
+    assert all(v <= 1e-4 for v in report.values()), report
 
 
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
