@@ -1,8 +1,8 @@
 """The GPU check in one call: the torch backend on CUDA, segment everything, distillation, accuracy and peers.
 
-    python benchmarks/gpu.py --json OUT/gpu.json --md OUT/gpu.md      # a CUDA machine, about 6 min on one H100
-    python benchmarks/gpu.py --smoke                                  # the same code on the CPU, tiny sizes, < 60 s
-    python benchmarks/gpu.py --from-json gpu.json --out BENCHMARKS.md # put a run's table into BENCHMARKS.md
+    PYTHONPATH=. python benchmarks/gpu.py --json OUT/gpu.json --md OUT/gpu.md  # CUDA: rows stop at --budget-s (420)
+    python -m benchmarks.gpu --smoke                                    # the same code on the CPU, tiny sizes, seconds
+    python -m benchmarks.gpu --from-json gpu.json --out BENCHMARKS.md   # put a run's table into BENCHMARKS.md
 
 It runs on the lent GPU machine as that machine is (Python 3.12, torch + CUDA, numpy, opencv, scikit-image,
 pyarrow, timm): the checkout on ``PYTHONPATH``, no install, and the few packages it lacks carried as wheels
@@ -459,7 +459,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, step in steps:
             if name in wanted:
                 step()
-        meta = {"command": "python benchmarks/gpu.py" + ("" if argv is None else " " + " ".join(argv)),
+        args = sys.argv[1:] if argv is None else argv
+        meta = {"command": " ".join(["python benchmarks/gpu.py", *args]),
                 "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                 "device": torch.cuda.get_device_name() if device.startswith("cuda") else f"CPU ({platform.processor() or 'unknown'})",
                 "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),

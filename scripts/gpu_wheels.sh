@@ -31,3 +31,7 @@ sources=(sam2==1.1.0 antlr4-python3-runtime==4.9.3 iopath==0.1.10)
 SAM2_BUILD_CUDA=0 "$py" -m pip wheel -q --no-deps --no-build-isolation -w "$dest" "${sources[@]}"
 ls -l "$dest"/*.whl
 du -cb "$dest"/*.whl | tail -1 | awk '{printf "total: %.1f MiB in %d wheels\n", $1 / 1048576, n}' n="$(ls "$dest"/*.whl | wc -l)"
+cat <<EOT
+device call (carry ["$dest"]), from the repository root:
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site $dest/*.whl && PYTHONPATH=/tmp/site:\$PWD python3 benchmarks/gpu.py --json \$OUT/gpu.json --md \$OUT/gpu.md
+EOT
