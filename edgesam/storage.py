@@ -309,7 +309,16 @@ def download(src: PathLike, local: PathLike) -> str:
     local = os.path.abspath(str(local))
     if fs.get_file_info(p).type == pafs.FileType.File:
         os.makedirs(os.path.dirname(local), exist_ok=True)
-    pafs.copy_files(p, local, source_filesystem=fs, destination_filesystem=_LOCAL)
+        pafs.copy_files(p, local, source_filesystem=fs, destination_filesystem=_LOCAL)
+        return local
+    # a folder: object stores list no directory entries, so each file's local parent is made here
+    for info in fs.get_file_info(pafs.FileSelector(p, recursive=True)):
+        if info.type != pafs.FileType.File:
+            continue
+        dst = os.path.join(local, *info.path[len(p.rstrip("/")) + 1:].split("/"))
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        pafs.copy_files(info.path, dst, source_filesystem=fs, destination_filesystem=_LOCAL)
+    os.makedirs(local, exist_ok=True)
     return local
 
 

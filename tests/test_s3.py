@@ -132,6 +132,20 @@ def test_model_paths_on_s3(s3, tmp_path):
     with torch.no_grad():
         assert torch.allclose(again.embed(x), teacher.embed(x))
 
+    # `edgesam export --precision fp16` into the bucket: the FP16 copies land beside the fp32 graphs
+    from edgesam.export.export_cli import main as export_main
+    from edgesam.export.fp16 import PRECISION_KEY
+
+    assert export_main(["--checkpoint", uri, "--img-size", "256", "--out", f"{bucket}/onnx", "--precision", "fp16",
+                        "--no-verify"]) == 0
+    names = {storage.name(f) for f in storage.glob(f"{bucket}/onnx", "*.onnx")}
+    assert {"encoder.fp16.onnx", "decoder.fp16.onnx", "decoder_image.fp16.onnx", "decoder_prompt.fp16.onnx"} <= names
+    import onnx
+
+    local = storage.fetch(f"{bucket}/onnx")
+    props = {p.key: p.value for p in onnx.load(str(Path(local) / "encoder.fp16.onnx")).metadata_props}
+    assert props[PRECISION_KEY] == "fp16"
+
 
 def _bucket_files(uri: str) -> list[str]:
     return storage.listdir(uri, recursive=True)

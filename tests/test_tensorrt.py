@@ -191,7 +191,7 @@ with file_lock(lock):
 @pytest.mark.timeout(180)
 def test_engine_build_lock_serialises_processes(tmp_path):
     """Three processes (replicas) racing to build one engine: the lock lets one build, the others find it."""
-    args = [str(tmp_path / ".x.engine.lock"), str(tmp_path / "x.engine"), str(tmp_path / "log")]
+    args = [str(tmp_path / "x.engine"), str(tmp_path / "x.engine"), str(tmp_path / "log")]
     procs = [subprocess.Popen([sys.executable, "-c", BUILD_ONCE, *args], cwd=REPO) for _ in range(3)]
     assert [p.wait(150) for p in procs] == [0, 0, 0]
     assert (tmp_path / "log").read_text().splitlines() == ["built"]

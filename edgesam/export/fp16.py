@@ -198,12 +198,12 @@ def convert_graph(src: str | Path, dst: str | Path | None = None) -> Path:
 
 def ensure_fp16(onnx_path: str | Path) -> Path:
     """The FP16 copy of ``onnx_path``, written if missing or made from another version of it (its
-    ``edgesam.fp16_source_sha256`` differs). Concurrent callers queue on a lock file beside it."""
+    ``edgesam.fp16_source_sha256`` differs). Concurrent callers queue on a per-file lock (:func:`~.trt_common.file_lock`)."""
     src = Path(onnx_path)
     dst = fp16_path(src)
     if dst == src:
         return src
-    with file_lock(src.with_name(f".{dst.name}.lock")):
+    with file_lock(dst):
         if not (dst.is_file() and _source_sha256(dst) == sha256_file(src)):
             convert_graph(src, dst)
     return dst
@@ -224,7 +224,7 @@ def export_fp16(folder: str | Path) -> dict[str, Path]:
     out = {k: ensure_fp16(d / name) for k, name in FP16_GRAPHS.items() if (d / name).is_file()}
     meta_path = d / META_FILE
     if meta_path.is_file():
-        with file_lock(d / f".{META_FILE}.lock"):
+        with file_lock(d / META_FILE):
             meta = json.loads(meta_path.read_text())
             meta["fp16"] = {"files": {k: p.name for k, p in out.items()},
                             "sha256": {k: sha256_file(p) for k, p in out.items()},

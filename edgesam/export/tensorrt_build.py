@@ -13,7 +13,7 @@
 * Decoder optimisation profile: prompts N in [1, 64], points P in [1, 16], optimum N = P = 1 by default;
   callers that send ``max_proposals`` prompts per call build with ``decoder_profile_for(max_proposals)``
   (max >= it, opt = it), so one execute covers a call.
-* Builds are serialised across processes by a file lock next to the engine (Serve replicas starting together
+* Builds are serialised across processes by a per-engine lock (``trt_common.file_lock``) (Serve replicas starting together
   build once; the others wait and load the result).
 * Encoder optimisation profile (graphs exported with a dynamic batch axis): batch in [1, ``max_batch``],
   optimum ``max_batch`` (default 8, :class:`EncoderProfile`). Older encoder graphs with a fixed batch of 1
@@ -135,7 +135,7 @@ def build_engine(onnx_path: str | Path, precision: str = "fp16", cache_dir: str 
     if out.is_file() and not force:
         return out
     # Replicas starting together build once: the first takes the lock, the others wait and find the engine.
-    with file_lock(out.parent / f".{out.name}.lock"):
+    with file_lock(out):
         if out.is_file() and not force:
             return out
         graph = built_graph(onnx_path, precision)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -93,10 +95,14 @@ def execute_chunks(n: int, per_execute: int) -> list[slice]:
 
 
 @contextlib.contextmanager
-def file_lock(path: str | Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``path`` (created if missing) for the ``with`` block: processes building the
-    same artefact (Serve replicas starting together) queue here, and the later ones find the result."""
-    path = Path(path)
+def file_lock(artifact: str | Path) -> Iterator[None]:
+    """An exclusive ``flock`` for building ``artifact`` (a file path) during the ``with`` block: processes on
+    one machine building the same artefact (Serve replicas starting together) queue here, and the later ones
+    find the result. The lock file lives under the temporary directory, keyed by the artefact's absolute
+    path, so no lock file is left beside the artefact (an export folder uploaded to object storage stays
+    clean)."""
+    key = hashlib.sha1(str(Path(artifact).resolve()).encode()).hexdigest()[:20]
+    path = Path(tempfile.gettempdir()) / "edgesam-locks" / f"{key}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file closes

@@ -172,7 +172,7 @@ def quantize_folder(onnx_dir: str | Path, names: Sequence[str], images: Sequence
         if n not in STATIC_GRAPHS and n != PROMPT_GRAPH:
             raise ValueError(f"no INT8 recipe for {n!r}: one of {STATIC_GRAPHS + (PROMPT_GRAPH,)}")
         dst = d / int8_name(n)
-        with file_lock(d / (int8_name(n) + ".lock")):
+        with file_lock(d / int8_name(n)):
             if not dst.is_file():
                 if n == PROMPT_GRAPH:
                     quantize_prompt_graph(d / n, dst)
