@@ -1,6 +1,6 @@
 """Node-type counts of the FP16 ONNX graphs per fp32 scope kind (edgesam.export.fp16.fp16_report).
 
-    python benchmarks/fp16_graphs.py --out BENCHMARKS.md
+    python -m benchmarks.fp16_graphs --out BENCHMARKS.md
 
 Exports a seeded random-weight EdgeSAM with an RPN at ``--img-size`` (the default export's 1024; node types do
 not depend on the weights or on S) and its FP16 copies, or reads an existing export (``--onnx-dir``), and writes
@@ -16,10 +16,8 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.common import replace_section  # noqa: E402
-from edgesam.export.fp16 import FP16_GRAPHS, export_fp16, fp16_report  # noqa: E402
+from benchmarks.common import replace_section
+from edgesam.export.fp16 import FP16_GRAPHS, export_fp16, fp16_report
 
 HEADING = "## FP16 ONNX graphs (mixed precision)"
 
@@ -65,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             model.rpn = build_rpn(model.image_encoder.feature_channels).eval()
             folder = Path(tmp)
             export_all(model, folder, checkpoint_sha256="random")
-        body = (f"Command: `python benchmarks/fp16_graphs.py --out BENCHMARKS.md` (random-weight EdgeSAM with an RPN, "
+        body = (f"Command: `python -m benchmarks.fp16_graphs --out BENCHMARKS.md` (random-weight EdgeSAM with an RPN, "
                 f"S = {args.img_size}; graphs: {', '.join(FP16_GRAPHS.values())} -> `NAME.fp16.onnx`).\n\n"
                 "Scope kinds are those of `edgesam.fp32_scopes` (`edgesam.export.onnx_common.fp32_scope_groups`): "
                 "norm = LayerNorm / LayerNorm2d / GroupNorm, softmax = attention softmax, positional_encoding = the "

@@ -11,7 +11,7 @@ The torch backend on CUDA is the fast path on machines without TensorRT (most re
 * ``split_decoder``: prompts without a mask input go through the split decoder (image side once per image,
   :mod:`edgesam.export.decoder_fast`), which does about half the decoder's MACs per prompt.
 
-:meth:`TorchOptions.for_device` gives the defaults: float32 eager on the CPU, as before; half precision,
+:meth:`TorchOptions.for_device` gives the defaults: float32 eager on the CPU; half precision,
 channels_last and the split decoder on CUDA. ``compile`` and ``cuda_graphs`` are opt-in: each adds start-up
 time (compilation, one capture per shape), which pays off in a long-running server or annotation job.
 """
