@@ -93,12 +93,16 @@ def engine_cache_path(onnx_path: str | Path, precision: str = "fp16", cache_dir:
 
     ``profile``: what the engine is built with (see :func:`graph_profile`): the DecoderProfile for
     ``decoder.onnx``, the EncoderProfile for an ``encoder.onnx`` with a dynamic batch, else None."""
+    return _engine_path(Path(onnx_path), built_graph(onnx_path, precision), precision, cache_dir, profile, device)
+
+
+def _engine_path(onnx_path: Path, graph: Path, precision: str, cache_dir: str | Path | None,
+                 profile: DecoderProfile | EncoderProfile | None, device: str | int) -> Path:
+    """:func:`engine_cache_path` for ``graph``, the graph already chosen (and written) by :func:`built_graph`."""
     trt = import_tensorrt()
     import torch
 
     dev = require_cuda(device)
-    onnx_path = Path(onnx_path)
-    graph = built_graph(onnx_path, precision)
     key = engine_cache_key(torch.cuda.get_device_name(dev), trt.__version__, _sha256(graph), precision, profile)
     cache = Path(cache_dir) if cache_dir else onnx_path.parent / "trt_cache"
     return cache / f"{onnx_path.stem}-{precision}-{key}.engine"
@@ -131,14 +135,15 @@ def build_engine(onnx_path: str | Path, precision: str = "fp16", cache_dir: str 
     trt = import_tensorrt()
     decoder = is_decoder_graph(onnx_path)
     used_profile = graph_profile(onnx_path, profile, encoder_profile)
-    out = engine_cache_path(onnx_path, precision, cache_dir, used_profile, device)
+    require_cuda(device)  # before any FP16 copy is written
+    graph = built_graph(onnx_path, precision)
+    out = _engine_path(onnx_path, graph, precision, cache_dir, used_profile, device)
     if out.is_file() and not force:
         return out
     # Replicas starting together build once: the first takes the lock, the others wait and find the engine.
     with file_lock(out):
         if out.is_file() and not force:
             return out
-        graph = built_graph(onnx_path, precision)
         return _build(trt, graph, out, precision, decoder, profile, used_profile, workspace_gib, device, verbose)
 
 

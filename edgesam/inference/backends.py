@@ -17,6 +17,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from .amg_utils import batches
 from .cuda_graphs import CudaGraphRunner, bucket_for
 from .torch_options import TorchOptions, compiled, prepare
 
@@ -55,10 +56,7 @@ class TorchEncoder:
     @torch.inference_mode()
     def tensors(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
         """(B,3,S,S) normalised padded images -> (B,256,S/16,S/16) embedding on ``device`` in ``opts.dtype``."""
-        x = torch.as_tensor(images, device=self.device).to(self.opts.torch_dtype)
-        if self.opts.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        out = self._run(x)
+        out = self._run(self.opts.images(images, self.device))
         return out[0] if isinstance(out, tuple) else out
 
 
@@ -111,7 +109,8 @@ class TorchDecoder:
         if not self.opts.pads_prompts:
             iou, masks = self._prompt_side(*image, coords, labels)
             return masks.float(), iou.float()
-        outs = [self._padded(image, coords[s], labels[s]) for s in self._chunks(coords.shape[0])]
+        outs = [self._padded(image, coords[s], labels[s])
+                for s in batches(coords.shape[0], self.opts.prompt_buckets[-1])]
         return torch.cat([m for m, _ in outs]), torch.cat([i for _, i in outs])
 
     def _image_tensors(self, embedding: torch.Tensor, emb: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -121,10 +120,6 @@ class TorchDecoder:
         image = tuple(self._image_side(emb))
         self._last = (embedding, image)
         return image
-
-    def _chunks(self, n: int) -> list[slice]:
-        top = self.opts.prompt_buckets[-1]
-        return [slice(i, min(i + top, n)) for i in range(0, n, top)]
 
     def _padded(self, image: tuple[torch.Tensor, ...], coords: torch.Tensor,
                 labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -61,7 +61,6 @@ class CudaGraphRunner:
         self.warmup = warmup
         self.pool = torch.cuda.graph_pool_handle()
         self._graphs: OrderedDict[Key, _Graph] = OrderedDict()
-        self.captures = 0
 
     def __len__(self) -> int:
         return len(self._graphs)
@@ -94,5 +93,4 @@ class CudaGraphRunner:
         outputs = out if isinstance(out, tuple) else (out,)
         entry = _Graph(graph, static, tuple(outputs))
         self._graphs[key] = entry
-        self.captures += 1
         return entry

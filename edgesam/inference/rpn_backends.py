@@ -47,10 +47,7 @@ class TorchRpnEncoder:
     def tensors(self, images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """As ``__call__``, but torch tensors left on ``device`` (the embedding never visits the host; in
         ``opts.dtype``, the boxes and scores float32)."""
-        x = torch.as_tensor(images, device=self.device).to(self.opts.torch_dtype)
-        if self.opts.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self._run(x)
+        return self._run(self.opts.images(images, self.device))
 
 
 class OrtRpnEncoder:

@@ -21,6 +21,7 @@ import copy
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+import numpy as np
 import torch
 from pydantic import Field
 from torch import nn
@@ -38,7 +39,8 @@ class TorchOptions:
     """Settings of the torch backends; see the module doc. ``prompt_buckets``: prompt counts the split
     decoder pads a call to when compiled or graphed (larger calls run in chunks of the largest);
     ``max_graphs``: CUDA graphs kept per backend (least recently used dropped first); ``compile_backend``:
-    ``torch.compile``'s backend (``"eager"`` checks the full-graph capture without code generation)."""
+    ``torch.compile``'s backend (``"eager"`` checks the full-graph capture without code generation).
+    Half precision always runs on the fused modules (``fuse`` is set): an unfused BatchNorm would run in half."""
 
     dtype: DtypeName = "fp32"
     channels_last: bool = False
@@ -52,6 +54,7 @@ class TorchOptions:
 
     def __post_init__(self) -> None:
         torch_dtype(self.dtype)
+        object.__setattr__(self, "fuse", self.fuse or self.dtype != "fp32")
         object.__setattr__(self, "prompt_buckets", check_buckets(self.prompt_buckets))
         if self.max_graphs < 1:
             raise ValueError(f"max_graphs must be >= 1, got {self.max_graphs}")
@@ -71,6 +74,12 @@ class TorchOptions:
     def pads_prompts(self) -> bool:
         """Static shapes wanted: compiled or graphed calls see only bucket sizes."""
         return self.compile or self.cuda_graphs
+
+    def images(self, images: "np.ndarray | torch.Tensor", device: str) -> torch.Tensor:
+        """(B,3,S,S) normalised padded images -> the encoder's input on ``device``: ``dtype``, and channels_last
+        when set."""
+        x = torch.as_tensor(images, device=device).to(self.torch_dtype)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def check_device(self, device: str) -> None:
         """A ValueError for CUDA graphs off CUDA; a RuntimeError for a CUDA device on a machine without one."""
@@ -137,5 +146,4 @@ class TorchRuntimeConfig(StrictModel):
         for key in ("channels_last", "split_decoder"):
             if getattr(self, key) is not None:
                 overrides[key] = getattr(self, key)
-        opts = TorchOptions.for_device(device, **overrides)
-        return replace(opts, fuse=opts.fuse or opts.dtype != "fp32")
+        return TorchOptions.for_device(device, **overrides)

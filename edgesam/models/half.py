@@ -16,14 +16,11 @@ at 512-1024 px). Outputs come back in ``dtype``, or float32 from an FP32 scope.
 """
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from segment_anything.modeling.common import LayerNorm2d
 from segment_anything.modeling.prompt_encoder import PositionEmbeddingRandom
 from torch import nn
 
-HalfDtype = Literal["fp16", "bf16"]
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 NORM_TYPES: tuple[type[nn.Module], ...] = (nn.LayerNorm, LayerNorm2d, nn.GroupNorm)
 
