@@ -5,9 +5,10 @@
 End to end on synthetic scenes (``edgesam.data.synthetic.make_scene``, photo backgrounds when
 ``/work/shared/images`` exists) at S = 256: encoder, prompt encoder and decoder from random init, box and
 centre-point prompts from the GT masks, SAM's GT mask loss (:func:`edgesam.distill.losses.gt_mask_loss`),
-AdamW, for a wall-clock budget. It is not a distilled EdgeSAM (no teacher); it is a shape segmenter whose
-weights have the structure of trained ones (peaked activations, confident logits), which is what a
-quantisation or post-processing check needs. Prints the running mean IoU on the training stream.
+AdamW, for a wall-clock budget (steps: :func:`edgesam.distill.quick_student.quick_train_step`). It is not a
+distilled EdgeSAM (no teacher); it is a shape segmenter whose weights have the structure of trained ones
+(peaked activations, confident logits), which is what a quantisation or post-processing check needs. Prints
+the running mean IoU on the training stream.
 """
 from __future__ import annotations
 
@@ -22,26 +23,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edgesam.data.synthetic import make_scene, photo_background  # noqa: E402
-from edgesam.data.transforms import ResizeLongestSide, lowres_masks, preprocess  # noqa: E402
-from edgesam.distill.losses import decoder_valid_mask, gt_mask_loss  # noqa: E402
+from edgesam.distill.quick_student import quick_optimizer, quick_train_step  # noqa: E402
 from edgesam.models import EdgeSAM  # noqa: E402
 from edgesam.models.checkpoint import save_student  # noqa: E402
 from edgesam.models.rpn import build_rpn  # noqa: E402
-
-
-def _prompts(masks: list[np.ndarray], tf: ResizeLongestSide, hw: tuple[int, int], rng: np.random.Generator):
-    """GT masks -> box prompts (half also with the centre click): coords (K,3,2), labels (K,3) in the S frame."""
-    coords, labels = [], []
-    for m in masks:
-        ys, xs = np.nonzero(m)
-        box = np.array([[xs.min(), ys.min()], [xs.max() + 1, ys.max() + 1]], np.float32)
-        i = rng.integers(len(xs))
-        pt = np.array([[xs[i] + 0.5, ys[i] + 0.5]], np.float32)
-        c = tf.apply_coords(np.concatenate([pt, box]), hw)
-        lab = [1.0 if rng.random() < 0.5 else -2.0, 2.0, 3.0]  # -2: ignored point (box only)
-        coords.append(c)
-        labels.append(lab)
-    return torch.tensor(np.stack(coords)), torch.tensor(labels, dtype=torch.float32)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,16 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         from edgesam.models.checkpoint import load_student
 
         model, _ = load_student(args.init, s)
-        model.train()
     else:
-        model = EdgeSAM(s).train()
+        model = EdgeSAM(s)
         model.rpn = build_rpn(model.image_encoder.feature_channels, width=64, num_convs=2)  # untrained, saved as is
-    skip = ("rpn.", "image_encoder.") if args.freeze_encoder else ("rpn.",)
-    if args.freeze_encoder:
-        model.image_encoder.eval().requires_grad_(False)
-    opt = torch.optim.AdamW([q for n, q in model.named_parameters() if not n.startswith(skip)], lr=args.lr,
-                            weight_decay=0.01)
-    tf = ResizeLongestSide(s)
+    model.train()
+    opt = quick_optimizer(model, args.lr, args.freeze_encoder)
     t_end = time.monotonic() + 60 * args.minutes
     step, ious = 0, []
     while time.monotonic() < t_end:
@@ -80,27 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         img, masks = make_scene(rng, h, w, background=photo_background(rng, h, w) if rng.random() < 0.5 else None)
         if not masks:
             continue
-        x, input_hw = preprocess(img, s)
-        coords, labels = _prompts(masks, tf, (h, w), rng)
-        gt = lowres_masks(torch.from_numpy(np.stack(masks)), input_hw, s)
-        valid = decoder_valid_mask([input_hw], s, s // 4)
-        if args.freeze_encoder:
-            with torch.no_grad():
-                emb = model.embed(x)
-        else:
-            emb = model.embed(x)
-        logits, iou = model.decode(emb, coords, labels)
-        loss, _ = gt_mask_loss(logits, iou, gt, valid, multimask=False)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        with torch.no_grad():
-            pred = logits[:, 0] > 0
-            ious.append(float(((pred & gt).sum((-1, -2)) / (pred | gt).sum((-1, -2)).clamp(min=1)).mean()))
+        loss, iou = quick_train_step(model, opt, img, masks, rng, args.freeze_encoder)
+        ious.append(iou)
         step += 1
         if step % 25 == 0:
-            print(f"step {step}: loss {loss.item():.3f}, mean IoU (last 25) {np.mean(ious[-25:]):.3f}", flush=True)
+            print(f"step {step}: loss {loss:.3f}, mean IoU (last 25) {np.mean(ious[-25:]):.3f}", flush=True)
     save_student(model.eval(), args.out, {"trained": f"quick_student.py, {step} steps, {args.minutes} min, S={s}",
                                           "train_iou_last50": float(np.mean(ious[-50:])) if ious else None})
     print(f"saved {args.out} after {step} steps; mean IoU over the last 50 steps {np.mean(ious[-50:]):.3f}")

@@ -152,6 +152,32 @@ def listdir(path: PathLike, recursive: bool = False, dirs: bool = False) -> list
     return sorted(i.path[len(prefix):] for i in infos if i.type in kinds and i.path.startswith(prefix))
 
 
+def iter_files(path: PathLike) -> Iterator[str]:
+    """Files below ``path`` (recursively) as paths relative to it, one folder at a time and unsorted, so that a
+    listing of millions of keys never sits in memory at once (object stores: one delimited listing per folder)."""
+    fs, p = resolve(path)
+    root = p.rstrip("/")
+    if isinstance(fs, pafs.LocalFileSystem):
+        if not os.path.isdir(root):
+            return
+        for folder, subdirs, files in os.walk(root):
+            subdirs.sort()
+            rel = os.path.relpath(folder, root)
+            for f in sorted(files):
+                yield f if rel == "." else f"{rel}/{f}".replace(os.sep, "/")
+        return
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        dirs = []
+        for info in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True, recursive=False)):
+            if info.type == pafs.FileType.Directory:
+                dirs.append(info.path)
+            elif info.type == pafs.FileType.File and info.path.startswith(root + "/"):
+                yield info.path[len(root) + 1:]
+        stack.extend(sorted(dirs, reverse=True))
+
+
 def glob(path: PathLike, pattern: str) -> list[str]:
     """Files directly in ``path`` whose name matches ``pattern`` (fnmatch), as full paths/URIs, sorted."""
     return [join(path, n) for n in listdir(path) if fnmatch.fnmatchcase(n, pattern)]

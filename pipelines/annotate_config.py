@@ -45,13 +45,18 @@ class AnnotateInputCfg(StrictModel):
 
 
 class AnnotateOutputCfg(StrictModel):
-    """What is written besides the parts (``output.*``)."""
+    """What the workers write and what the shards are converted to (``output.*``)."""
 
-    sa1b_json: bool = False
-    overlays: bool = False
+    # images per Parquet shard (Ray Data's min_rows_per_file): a killed run redoes at most this many images per
+    # write in flight; one shard of SA-1B-like images (100 masks) is ~25 MB
+    shard_images: int = Field(256, ge=1, le=100_000)
+    # COCO / Label Studio JSON files hold at most this many images; larger runs are split into numbered files
+    coco_max_images: int = Field(10_000, ge=1)
+    overlays: bool = False  # OUT/overlays/<relative path>.png, drawn by the workers
     overlay_max_side: int = Field(1024, ge=64)
     retry_skipped: bool = False
-    formats: Formats = Field(default_factory=lambda: ["coco_rle"])  # any of coco_rle, coco_polygons, yolo, label_studio
+    # any of coco_rle, coco_polygons, yolo, label_studio, sa1b (edgesam.formats.export), converted from the shards
+    formats: Formats = Field(default_factory=lambda: ["coco_rle"])
     export: FormatOptionsCfg = FormatOptionsCfg()  # options of those formats (edgesam.formats.export)
 
 

@@ -180,3 +180,51 @@ def collect_rows(ds, desc: str, unit: str = "img", total: int | None = None, rat
                 bar.set_postfix({rate_unit or rate_of: f"{amount / max(time.time() - t0, 1e-6):.1f}"}, refresh=False)
             bar.update(1)
     return rows
+
+
+class ProgressCounter:
+    """Units done (and an amount, e.g. masks) summed over many actors; runs as a zero-CPU Ray actor."""
+
+    def __init__(self) -> None:
+        self.n, self.amount = 0, 0.0
+
+    def add(self, n: int, amount: float = 0.0) -> None:
+        self.n += n
+        self.amount += amount
+
+    def read(self) -> tuple[int, float]:
+        return self.n, self.amount
+
+
+@contextlib.contextmanager
+def counted_progress(desc: str, unit: str = "img", total: int | None = None, rate_unit: str = "") -> Iterator:
+    """One bar for a Ray job whose output the driver never sees (e.g. a Ray Data write): yields a
+    :class:`ProgressCounter` actor handle for the workers (``handle.add.remote(1, masks)``); a driver thread
+    polls it twice a second. ``rate_unit``: the amount per second of wall time on the bar (e.g. ``masks/s``)."""
+    import threading
+
+    import ray
+
+    counter = ray.remote(num_cpus=0)(ProgressCounter).remote()
+    stop = threading.Event()
+    t0 = time.time()
+
+    def poll() -> None:
+        with progress_bar(desc=desc, unit=unit, total=total) as bar:
+            while True:
+                done = stop.wait(0.5)
+                n, amount = ray.get(counter.read.remote())
+                if rate_unit:
+                    bar.set_postfix({rate_unit: f"{amount / max(time.time() - t0, 1e-6):.1f}"}, refresh=False)
+                bar.update(n - bar.n)
+                if done:
+                    return
+
+    thread = threading.Thread(target=poll, name=f"{desc} progress", daemon=True)
+    thread.start()
+    try:
+        yield counter
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        ray.kill(counter)

@@ -22,7 +22,8 @@ OVERRIDES = [f"model.img_size={S}", "model.rpn_config={width: 32, num_convs: 1, 
              "everything.mode=rpn", "everything.num_outputs=3", "everything.rpn_score_thresh=0.0",
              "everything.max_proposals=6", "everything.stability_score_thresh=0.0",
              "compute.num_cpus=0.25", "compute.num_actors=1", "model.threads=1",
-             "input.max_pixels=20000000", "output.sa1b_json=true", "output.overlays=true"]
+             "input.max_pixels=20000000", "output.overlays=true",
+             "output.formats=[coco_rle,sa1b]"]
 
 
 def _scene(seed: int, h: int, w: int) -> np.ndarray:
@@ -80,7 +81,7 @@ def ray_local():
 
 def _run(inp: Path, out: Path, extra: list[str] = ()) -> tuple[int, dict | None]:
     from pipelines.annotate import main
-    from pipelines.annotate_parts import SUMMARY_FILE
+    from pipelines.annotate_run import SUMMARY_FILE
 
     rc = main(["--input", str(inp), "--output", str(out), *OVERRIDES, *extra])
     summary = out / SUMMARY_FILE
@@ -95,7 +96,7 @@ def test_annotate_folder_tree_skips_bad_files_and_resumes(tree, ray_local, tmp_p
     assert rc == 0
     n = len(good) + len(bad)  # one bar: images done / total, with the masks per second
     err = capsys.readouterr().err
-    assert "annotate: 100%" in err and f"{n}/{n}" in err and "masks/s=" in err
+    assert "annotate: 100%" in err and f"{n}/{n}" in err and "masks/s=" in err, err[-2000:]
     assert summary["images_listed"] == len(good) + len(bad)
     assert summary["labelled"] == summary["labelled_this_run"] == len(good)
     assert summary["skipped"] == len(bad) and summary["failed"] == 0
@@ -137,29 +138,55 @@ def test_annotate_folder_tree_skips_bad_files_and_resumes(tree, ray_local, tmp_p
     overlay = Image.open(out / "overlays" / stem.with_suffix(".png"))
     assert overlay.size == (90, 150)
 
-    # rerun: everything resumes, no part is rewritten, the COCO JSON content is the same
-    parts = sorted((out / "parts").glob("*.json"))
-    assert len(parts) == len(good) + len(bad)
-    mtimes = {p: p.stat().st_mtime_ns for p in parts}
+    # the shards: Parquet with the documented schema, one row per listed file
+    import pyarrow.parquet as pq
+
+    from edgesam.formats.shards import SHARD_SCHEMA, ShardIndex
+
+    shards = sorted((out / "shards").rglob("*.parquet"))
+    assert shards and all(pq.read_schema(f).equals(SHARD_SCHEMA) for f in shards)
+    assert sum(pq.read_metadata(f).num_rows for f in shards) == len(good) + len(bad)
+    assert summary["warmup"]["actors"] == 1 and summary["warmup"]["actor_warmup_seconds"] > 0
+    assert summary["warmup"]["first_image_seconds"] > 0 and summary["steady_seconds_per_image"] > 0
+    assert 0 <= summary["overhead_seconds_per_image"] < summary["seconds_per_image"]
+
+    # rerun: everything resumes, no shard is rewritten or added, the COCO JSON content is the same
+    mtimes = {p: p.stat().st_mtime_ns for p in shards}
     before = json.loads((out / "annotations.json").read_text())
     rc, again = _run(root, out)
     assert rc == 0
     assert again["processed_this_run"] == 0 and again["resumed"] == len(good) + len(bad)
     assert again["labelled"] == len(good) and again["skipped"] == len(bad)
-    assert {p: p.stat().st_mtime_ns for p in parts} == mtimes
+    assert {p: p.stat().st_mtime_ns for p in sorted((out / "shards").rglob("*.parquet"))} == mtimes
     after = json.loads((out / "annotations.json").read_text())
     assert after["images"] == before["images"] and after["annotations"] == before["annotations"]
 
-    # a lost part would be recomputed, and only that one (the listing/resume logic, without another Ray run)
-    from pipelines.annotate_parts import list_images, pending_items
+    # resume reads what the shards hold (the listing/resume logic, without another Ray run): rows of a shard
+    # that is lost are pending again, and only those; retry_skipped also retries the skipped files
+    from pipelines.annotate_run import list_images, pending
 
-    items = list_images(root, [".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"])
-    lost = next(it["file_name"] for it in items if f"{it['image_id']}.json" == parts[0].name)
-    parts[0].unlink()
-    pending, resumed = pending_items(items, out, retry_skipped=False)
-    assert [p["file_name"] for p in pending] == [lost] and resumed == len(parts) - 1
-    pending, _ = pending_items(items, out, retry_skipped=True)  # also retries the skipped files
-    assert {p["file_name"] for p in pending} == set(bad) | {lost}
+    listing = list_images(root, [".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"])
+    lost = set(pq.read_table(shards[0], columns=["file_name"])["file_name"].to_pylist())
+    shards[0].rename(shards[0].with_suffix(".moved"))
+    todo, resumed = pending(listing, ShardIndex.scan(out), retry_skipped=False)
+    assert set(todo["file_name"].to_pylist()) == lost and resumed == len(good) + len(bad) - len(lost)
+    shards[0].with_suffix(".moved").rename(shards[0])
+    todo, _ = pending(listing, ShardIndex.scan(out), retry_skipped=True)
+    assert set(todo["file_name"].to_pylist()) == set(bad)
+
+    # a larger run's outputs are split (here past 4 images), each part written by a Ray task: every image once,
+    # annotation ids unique and consecutive across the files
+    rc, split = _run(root, out, ["output.coco_max_images=4", "output.formats=[coco_rle,sa1b]"])
+    assert rc == 0 and split["convert_parts"] == 3 and split["processed_this_run"] == 0
+    names = [f"annotations-{i:05d}-of-00003.json" for i in range(3)]
+    assert [Path(f).name for f in split["coco_json"]] == names
+    docs = [json.loads((out / n).read_text()) for n in names]
+    assert [len(d["images"]) for d in docs] == [4, 4, 1]
+    assert sorted(im["file_name"] for d in docs for im in d["images"]) == sorted(good)
+    ids = [a["id"] for d in docs for a in d["annotations"]]
+    assert sorted(ids) == list(range(1, len(anns) + 1))
+    for d in docs:
+        assert {a["image_id"] for a in d["annotations"]} <= {im["id"] for im in d["images"]}
 
     # other everything-mode settings on the same output folder are refused, not mixed
     rc, _ = _run(root, out, ["everything.max_proposals=7"])
@@ -197,12 +224,12 @@ def test_worker_onnx_and_checkpoint_branches(tmp_path):
     from edgesam.config import load_config
     from pipelines.annotate_config import AnnotateConfig
     from pipelines.annotate_model import preflight
-    from pipelines.annotate_parts import part_path
     from pipelines.annotate_worker import AnnotateWorker
 
     img_path = tmp_path / "in" / "scene.png"
     _save(_scene(5, 90, 120), img_path)
-    item = {"path": str(img_path), "file_name": "scene.png", "image_id": 7}
+    item = {"file_name": "scene.png", "image_id": 7}
+    inp = str(tmp_path / "in")
     torch.manual_seed(0)
     model = EdgeSAM(S).eval()
     model.rpn = build_rpn(model.image_encoder.feature_channels, width=32, gn_groups=8).eval()
@@ -211,41 +238,41 @@ def test_worker_onnx_and_checkpoint_branches(tmp_path):
     export_rpn_onnx(model, onnx_dir / "rpn.onnx")
     cfg = load_config(AnnotateConfig, "annotate", [*OVERRIDES, f"model.onnx_dir={onnx_dir}"])
     preflight(cfg)
-    worker = AnnotateWorker(cfg.model_dump(mode="json"), str(tmp_path / "out_onnx"))
+    worker = AnnotateWorker(cfg.model_dump(mode="json"), inp, str(tmp_path / "out_onnx"))
     assert worker.gen.decoder.name.startswith("onnxruntime") and worker.gen.rpn.name.startswith("onnxruntime")
     row = worker.label(item)
-    assert row["status"] == "labelled" and part_path(tmp_path / "out_onnx", 7).is_file()
-    assert worker.gen.stats["decoder_calls"] == 1
+    assert row["status"] == "labelled" and row["width"] == 120 and row["height"] == 90
+    assert worker.gen.stats["decoder_calls"] == 1 + 1  # + the warm-up scene
 
     # a checkpoint with an RPN (meta["rpn_config"] rebuilds it) runs RPN mode
     with_rpn = save_student(model, tmp_path / "with_rpn.pt", meta={"rpn_config": {"width": 32, "gn_groups": 8}})
     cfg = load_config(AnnotateConfig, "annotate", [*OVERRIDES, f"model.checkpoint={with_rpn}"])
     preflight(cfg)
-    worker = AnnotateWorker(cfg.model_dump(mode="json"), str(tmp_path / "out_rpn_ckpt"))
-    assert worker.label(item)["status"] == "labelled" and worker.gen.stats["decoder_calls"] == 1
+    worker = AnnotateWorker(cfg.model_dump(mode="json"), inp, str(tmp_path / "out_rpn_ckpt"))
+    b = worker.label(item)
+    assert b["status"] == "labelled" and worker.gen.stats["decoder_calls"] == 1 + 1  # + the warm-up scene
     # the same checkpoint through ONNX Runtime (exported once into the cache): the same proposals and masks
     cfg = load_config(AnnotateConfig, "annotate", [*OVERRIDES, f"model.checkpoint={with_rpn}",
                                                    "model.backend=onnxruntime", f"model.export_cache_dir={tmp_path / 'cache'}"])
-    ort_worker = AnnotateWorker(cfg.model_dump(mode="json"), str(tmp_path / "out_rpn_ort"))
+    ort_worker = AnnotateWorker(cfg.model_dump(mode="json"), inp, str(tmp_path / "out_rpn_ort"))
     assert ort_worker.gen.decoder.name.startswith("onnxruntime") and ort_worker.gen.rpn.name.startswith("onnxruntime")
-    assert ort_worker.label(item)["status"] == "labelled"
+    a = ort_worker.label(item)
+    assert a["status"] == "labelled"
     np.testing.assert_allclose(ort_worker.gen.last_proposals, worker.gen.last_proposals, atol=0.5)
-    a = json.loads(part_path(tmp_path / "out_rpn_ort", 7).read_text())
-    b = json.loads(part_path(tmp_path / "out_rpn_ckpt", 7).read_text())
     assert len(a["annotations"]) == len(b["annotations"])
     # model.int8: the INT8 backbone of rpn.onnx and prompt decoder, the same proposals within quantisation error
     cfg = load_config(AnnotateConfig, "annotate", [*OVERRIDES, f"model.onnx_dir={onnx_dir}", "model.int8=true"])
-    i8 = AnnotateWorker(cfg.model_dump(mode="json"), str(tmp_path / "out_int8"))
+    i8 = AnnotateWorker(cfg.model_dump(mode="json"), inp, str(tmp_path / "out_int8"))
     assert i8.gen.decoder.name.endswith("-int8") and i8.gen.rpn.name.endswith("-int8")
-    assert i8.label(item)["status"] == "labelled" and part_path(tmp_path / "out_int8", 7).is_file()
+    assert i8.label(item)["status"] == "labelled"
     with pytest.raises(ValueError, match="model.int8 runs in ONNX Runtime"):
         AnnotateWorker(load_config(AnnotateConfig, "annotate", [*OVERRIDES, f"model.checkpoint={with_rpn}",
                                                                 "model.backend=torch", "model.int8=true"]
-                                   ).model_dump(mode="json"), str(tmp_path / "out_bad8"))
+                                   ).model_dump(mode="json"), inp, str(tmp_path / "out_bad8"))
     with pytest.raises(ValueError, match="backend=torch"):
         AnnotateWorker(load_config(AnnotateConfig, "annotate", [*OVERRIDES, f"model.onnx_dir={onnx_dir}",
                                                                 "model.backend=torch"]).model_dump(mode="json"),
-                       str(tmp_path / "out_bad"))
+                       inp, str(tmp_path / "out_bad"))
 
     plain = EdgeSAM(S).eval()
     ckpt = save_student(plain, tmp_path / "plain.pt", meta={})
@@ -255,6 +282,7 @@ def test_worker_onnx_and_checkpoint_branches(tmp_path):
     cfg = load_config(AnnotateConfig, "annotate", [*OVERRIDES, f"model.checkpoint={ckpt}", "everything.mode=grid",
                                                    "everything.points_per_side=3"])
     preflight(cfg)
-    worker = AnnotateWorker(cfg.model_dump(mode="json"), str(tmp_path / "out_ckpt"))
+    worker = AnnotateWorker(cfg.model_dump(mode="json"), inp, str(tmp_path / "out_ckpt"))
+    before = worker.gen.stats["prompts"]  # the warm-up scene's
     assert worker.label(item)["status"] == "labelled"
-    assert worker.gen.stats["prompts"] == 9
+    assert worker.gen.stats["prompts"] - before == 9

@@ -162,12 +162,17 @@ def test_filters_on_hand_made_logits():
 
 # -- the generator with a real (random) student ------------------------------------------------------------------
 def test_grid_mode_emits_points_per_side_squared_prompts_in_batches(model, scenes):
-    gen, dec = _generator(model, mode="grid", points_per_side=8, points_per_batch=10, stability_score_thresh=0.0)
+    gen, dec = _generator(model, mode="grid", points_per_side=8, points_per_batch=10, stability_score_thresh=0.0,
+                          decoder_chunk={"cpu": 16})
     gen.generate(scenes[0][0])
     assert dec.calls == [(10, 2)] * 6 + [(4, 2)]
     assert all(l[:, 0].tolist() == [1] * len(l) and l[:, 1].tolist() == [-1] * len(l) for l in dec.labels)
-    assert gen.stats == {"images": 1, "encoder_calls": 1, "decoder_calls": 7, "prompts": 64}
+    assert gen.stats == {"images": 1, "encoder_calls": 1, "decoder_calls": 7, "prompts": 64, "redecoded_prompts": 0}
     assert gen.last_proposals.shape == (0, 5)
+    # points_per_batch is an upper bound: decoder_chunk (the memory bound, 8 on the CPU by default) caps it
+    gen, dec = _generator(model, mode="grid", points_per_side=8, points_per_batch=64, stability_score_thresh=0.0)
+    gen.generate(scenes[0][0])
+    assert dec.calls == [(8, 2)] * 8
 
 
 def test_rpn_mode_one_decoder_call_per_image_and_crop(model, scenes):

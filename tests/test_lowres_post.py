@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from edgesam.data.rle import decode_rle, encode_mask, mask_to_bbox
-from edgesam.inference.lowres_post import (LowRes, Upsampler, box_rle, filter_lowres, lowres_nms, masks_to_rles)
+from edgesam.inference.lowres_post import PackedMasks, Upsampler, box_rle, filter_lowres, lowres_nms, masks_to_rles
 from edgesam.models.prompt_decoder import stability_score
 
 
@@ -53,10 +53,15 @@ def test_filter_and_lowres_nms():
     iou = torch.tensor([[0.5] * 4, [0.9] * 4, [-0.2] * 4, [0.9] * 4])
     c = filter_lowres(logits, iou, 1, (40, 64), stability_thresh=0.9, pred_iou_thresh=0.0, prompt_offset=10)
     assert c.prompt.tolist() == [10, 11, 12] and c.logits.shape == (3, 10, 16)
-    keep = lowres_nms(c, c.iou, 0.7)
+    packed = PackedMasks.from_masks(c.logits > 0)
+    assert packed.bits.shape == (3, 10, 2) and packed.area.tolist() == [36, 42, 16]
+    assert packed.boxes.tolist() == [[2, 7, 2, 7], [2, 7, 2, 8], [3, 6, 11, 14]]
+    assert np.array_equal(packed.bits, np.packbits((c.logits > 0).numpy(), axis=-1))
+    keep = lowres_nms(packed, c.iou.numpy(), 0.7)
     assert c.prompt[torch.from_numpy(keep)].tolist() == [11, 12]  # 11 (iou 0.9) suppresses 10
-    assert lowres_nms(c, c.iou, 0.9).tolist() == [1, 0, 2]
-    assert len(LowRes.cat([c, c.take([0])])) == 4
+    assert lowres_nms(packed, c.iou.numpy(), 0.9).tolist() == [1, 0, 2]
+    assert lowres_nms(packed, c.iou.numpy(), 0.7, max_keep=1).tolist() == [1]
+    assert len(PackedMasks.cat([packed, packed])) == 6 and len(c.take([0, 2])) == 2
 
 
 def test_decoder_calls_are_chunked_per_device():

@@ -52,6 +52,8 @@ def test_storage_helpers(where, s3, tmp_path):
     assert storage.is_dir(storage.join(base, "sub")) and storage.size(storage.join(base, "b.bin")) == 2
     assert storage.listdir(base) == ["b.bin"]  # no temp files are left behind
     assert storage.listdir(base, recursive=True) == ["b.bin", "sub/a.json", "sub/deep/c.txt"]
+    assert sorted(storage.iter_files(base)) == ["b.bin", "sub/a.json", "sub/deep/c.txt"]  # folder by folder
+    assert list(storage.iter_files(storage.join(base, "missing"))) == []
     assert [storage.name(p) for p in storage.glob(storage.join(base, "sub"), "*.json")] == ["a.json"]
     with pytest.raises(FileNotFoundError):
         storage.read_bytes(storage.join(base, "missing"))
@@ -274,9 +276,12 @@ def test_main_job_on_s3_killed_resubmitted_and_rerun(s3, tmp_path):
 
 @pytest.mark.ray
 @pytest.mark.slow
-@pytest.mark.timeout(400)
-def test_annotate_reads_and_writes_s3(s3, tmp_path):
-    """Images in a bucket -> COCO JSON in a bucket (checkpoint also read from the bucket); a rerun resumes."""
+@pytest.mark.timeout(600)
+def test_annotate_on_s3_driver_killed_then_resumed(s3, tmp_path):
+    """Images in a bucket -> shards and COCO JSON in a bucket (checkpoint also read from the bucket). The driver
+    is SIGKILLed once shards have landed; the rerun labels only the rest: every image labelled exactly once
+    across the shards, each once in the COCO JSON, and a further rerun labels nothing."""
+    import pyarrow.parquet as pq
     from pycocotools.coco import COCO
 
     from edgesam.data.synthetic import make_scene
@@ -285,8 +290,8 @@ def test_annotate_reads_and_writes_s3(s3, tmp_path):
     from PIL import Image
 
     bucket = make_bucket("edgesam-annotate")
-
-    sizes = {"a/one.jpg": (96, 128), "b/two.png": (80, 100), "three.jpg": (64, 64)}
+    sizes = {f"d{i % 3}/img{i:02d}.{'jpg' if i % 2 else 'png'}": (96 + 8 * (i % 4), 128) for i in range(22)}
+    sizes["three.jpg"] = (64, 64)
     for i, (name, (h, w)) in enumerate(sizes.items()):
         buf = io.BytesIO()
         Image.fromarray(make_scene(np.random.default_rng(i), h, w)[0]).save(buf, "JPEG" if name.endswith("jpg") else "PNG")
@@ -300,26 +305,46 @@ def test_annotate_reads_and_writes_s3(s3, tmp_path):
     over = ["model.img_size=256", f"model.checkpoint={bucket}/models/student.pt", "everything.mode=rpn",
             "everything.num_outputs=3", "everything.rpn_score_thresh=0.0", "everything.max_proposals=4",
             "everything.stability_score_thresh=0.0", "compute.num_cpus=0.25", "model.threads=1",
-            "output.overlays=true", "output.formats=[coco_rle, yolo]"]
+            "output.overlays=true", "output.formats=[coco_rle, yolo]", "output.shard_images=2"]
     cmd = [sys.executable, "pipelines/annotate.py", "--input", f"{bucket}/images", "--output", f"{bucket}/labels", *over]
+
+    def shards() -> list[str]:
+        return [f for f in _bucket_files(f"{bucket}/labels/shards") if f.endswith(".parquet")]
+
+    def labelled_ids(files: list[str]) -> list[int]:
+        ids = []
+        for f in files:
+            t = pq.read_table(f"{bucket}/labels/shards/{f}", columns=["image_id", "status"]).to_pylist()
+            ids += [r["image_id"] for r in t if r["status"] != "failed"]
+        return ids
+
+    _kill_when(_start(cmd, tmp_path / "a.log"), lambda: len(shards()) >= 1, tmp_path / "a.log", "a first shard")
+    before = labelled_ids(shards())
+    n = len(sizes) + 1  # + bad.jpg
+    assert 0 < len(before) < n, f"{len(before)} of {n} images done at the kill: not mid-run"
+    assert not storage.exists(f"{bucket}/labels/summary.json")
+
     first = _run(cmd, timeout=300)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    summary = storage.read_json(f"{bucket}/labels/summary.json")
+    assert summary["resumed"] == len(before) and summary["processed_this_run"] == n - len(before)
+    ids = labelled_ids(shards())
+    assert len(ids) == len(set(ids)) == n, "an image was labelled twice, or lost"
     files = storage.listdir(f"{bucket}/labels", recursive=True)
     assert {"annotations.json", "skipped.json", "summary.json", "run.json"} <= set(files), files
-    assert sum(f.startswith("parts/") for f in files) == 4 and sum(f.startswith("overlays/") for f in files) == 3
-    assert {"yolo/data.yaml", "yolo/labels/a/one.txt", "yolo/labels/b/two.txt", "yolo/labels/three.txt"} <= set(files)
+    assert sum(f.startswith("overlays/") for f in files) == len(sizes)
+    assert {"yolo/data.yaml", "yolo/labels/d0/img00.txt", "yolo/labels/three.txt"} <= set(files)
     local = tmp_path / "annotations.json"
     local.write_bytes(storage.read_bytes(f"{bucket}/labels/annotations.json"))
     coco = COCO(str(local))
-    assert sorted(img["file_name"] for img in coco.dataset["images"]) == sorted(sizes)
+    assert sorted(img["file_name"] for img in coco.dataset["images"]) == sorted(sizes)  # each image once
     for img in coco.dataset["images"]:
         assert (img["height"], img["width"]) == sizes[img["file_name"]]
         for ann in coco.loadAnns(coco.getAnnIds(imgIds=[img["id"]])):
             assert coco.annToMask(ann).shape == sizes[img["file_name"]]
     skipped = storage.read_json(f"{bucket}/labels/skipped.json")
     assert [s["file_name"] for s in skipped] == ["bad.jpg"]
-    summary = storage.read_json(f"{bucket}/labels/summary.json")
-    assert summary["coco_json"] == f"{bucket}/labels/annotations.json" and summary["labelled"] == 3
+    assert summary["coco_json"] == [f"{bucket}/labels/annotations.json"] and summary["labelled"] == len(sizes)
 
     again = _run(cmd, timeout=200)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]

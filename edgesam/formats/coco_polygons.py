@@ -41,17 +41,10 @@ def polygons_area(polygons: list[list[float]], height: int, width: int) -> int:
     return int(decode_segmentation(polygons, height, width).sum()) if polygons else 0
 
 
-def coco_with_polygons(coco: dict, tolerance: float = 0.0) -> tuple[dict, int]:
-    """A COCO dict whose annotations carry RLE segmentations -> (the same dict with polygon segmentations,
-    number of annotations dropped because their mask is empty). ``area`` becomes the polygons' pixel count;
-    ids, bbox and scores are kept."""
-    sizes = {im["id"]: (im["height"], im["width"]) for im in coco["images"]}
-    anns, dropped = [], 0
-    for a in coco["annotations"]:
-        h, w = sizes[a["image_id"]]
-        polys = mask_to_polygons(decode_rle(a["segmentation"]), tolerance)
-        if not polys:
-            dropped += 1
-            continue
-        anns.append({**a, "segmentation": polys, "area": polygons_area(polys, h, w)})
-    return {**coco, "annotations": anns}, dropped
+def polygon_annotation(ann: dict, height: int, width: int, tolerance: float = 0.0) -> dict | None:
+    """A COCO annotation with an RLE segmentation -> the same with polygons (``area`` becomes their pixel count;
+    ids, bbox and scores kept), or None when the mask has no outline (empty)."""
+    polys = mask_to_polygons(decode_rle(ann["segmentation"]), tolerance)
+    if not polys:
+        return None
+    return {**ann, "segmentation": polys, "area": polygons_area(polys, height, width)}

@@ -80,23 +80,16 @@ def result_to_mask(result: dict) -> np.ndarray:
     raise ValueError(f"unsupported result type {result['type']!r}")
 
 
-def tasks_from_coco(coco: dict, cfg: LabelStudioTaskCfg, tolerance: float = 0.0) -> list[dict[str, Any]]:
-    """A COCO dict (RLE segmentations) -> Label Studio tasks, one per image, its masks as one prediction."""
-    by_image: dict[int, list[dict]] = {}
-    for a in coco["annotations"]:
-        by_image.setdefault(a["image_id"], []).append(a)
-    tasks = []
-    for im in coco["images"]:
-        results = []
-        anns = by_image.get(im["id"], [])
-        for a in anns:
-            m = decode_rle(a["segmentation"])
-            if cfg.kind == "brush":
-                results.append(brush_result(m, cfg.from_name, cfg.to_name, cfg.label, a.get("score")))
-            else:
-                results += polygon_results(m, cfg.from_name, cfg.to_name, cfg.label, a.get("score"), tolerance)
-        score = float(np.mean([a.get("score", 0.0) for a in anns])) if anns else 0.0
-        tasks.append({"data": {cfg.data_key: cfg.image_prefix + im["file_name"]},
-                      "meta": {"image_id": im["id"], "file_name": im["file_name"]},
-                      "predictions": [{"model_version": cfg.model_version, "score": score, "result": results}]})
-    return tasks
+def task_for_image(image: dict, anns: list[dict], cfg: LabelStudioTaskCfg, tolerance: float = 0.0) -> dict[str, Any]:
+    """A COCO image and its annotations (RLE segmentations) -> one Label Studio task, its masks as one prediction."""
+    results = []
+    for a in anns:
+        m = decode_rle(a["segmentation"])
+        if cfg.kind == "brush":
+            results.append(brush_result(m, cfg.from_name, cfg.to_name, cfg.label, a.get("score")))
+        else:
+            results += polygon_results(m, cfg.from_name, cfg.to_name, cfg.label, a.get("score"), tolerance)
+    score = float(np.mean([a.get("score", 0.0) for a in anns])) if anns else 0.0
+    return {"data": {cfg.data_key: cfg.image_prefix + image["file_name"]},
+            "meta": {"image_id": image["id"], "file_name": image["file_name"]},
+            "predictions": [{"model_version": cfg.model_version, "score": score, "result": results}]}

@@ -1,18 +1,29 @@
-"""Segment everything: RPN proposals (or SAM's point grid) -> chunked decoder calls -> low-res filters and mask
-NMS -> kept masks resized once to the original size -> RLE.
+"""Segment everything: RPN proposals (or SAM's point grid) -> chunked decoder calls -> low-res filters -> ONE mask
+NMS over all candidates -> kept masks resized once to the original size -> RLE.
 
 RPN mode (default), per image or crop:
     encoder + RPN in one pass (``RpnEncoderBackend``: embedding and decoded proposals) -> threshold, top-k,
-    class-agnostic box NMS (:func:`edgesam.models.rpn.select_proposals`) -> decoder calls of
+    class-agnostic box NMS (:func:`edgesam.models.rpn.select_proposals`) -> decoder calls of at most
     ``decoder_chunk[device]`` proposals as box prompts (optionally plus the centre as a positive point) ->
-    stability / IoU-head filters and mask NMS on the low-res logits (:mod:`edgesam.inference.lowres_post`) ->
-    only the kept masks are resized (once, over their bounding box) to the original size and run-length
-    encoded, with area and bbox from the same pass -> area filter. Across crops: NMS on RLE IoU.
-    Torch backends (``decode_tensors``) keep the embedding and logits on their device (CUDA): token selection,
-    filters and NMS run there; only the kept low-res logits come to the host for the RLE.
+    stability / IoU-head / crop-edge filters per candidate on the low-res logits
+    (:mod:`edgesam.inference.lowres_post`) -> every survivor kept compactly (its binary low-res mask, one bit
+    per pixel, box, area, scores) -> after the last call, one mask NMS over all of them -> only the kept masks
+    are resized (once, over their bounding box) to the original size and run-length encoded, with area and
+    bbox from the same pass -> area filter. Across crops: NMS on RLE IoU.
+    Torch backends (``decode_tensors``) keep the embedding and logits on their device (CUDA): token selection
+    and filters run there, the binary masks come to the host packed (1 bit per low-res pixel) for the NMS,
+    and only the kept low-res logits come to the host for the RLE.
     ``timings`` accumulates seconds per stage (encoder + RPN, decoder, post-processing).
-Grid mode: SAM's ``points_per_side``^2 single-point prompts in decoder calls of ``points_per_batch``, same
-filters and output, for comparison.
+Grid mode: SAM's ``points_per_side``^2 single-point prompts in decoder calls of ``points_per_batch`` but never
+more than ``decoder_chunk[device]``, same filters and output, for comparison.
+
+Chunking. The kept masks do not depend on how the prompts are split into decoder calls: NMS runs once, over
+every candidate of the crop, in score order (greedy NMS per call and again over the survivors would not be
+the same: A may suppress C in one call and then lose to B from a later call, and C is gone). Memory stays
+bounded by the call size: a call's float logits are dropped once its candidates are packed, except for the
+first ``logit_cache_mb`` of candidates in prompt order (their logits feed the RLE directly). Kept candidates
+outside that cache are decoded again (their prompts only, in calls of the same bound) for the RLE;
+``stats["redecoded_prompts"]`` counts them and their time counts as "decoder".
 
 Scores. EdgeSAM's IoU head is not distilled, so masks are ranked (``score``, NMS order) by the stability
 score: IoU of the low-res logits thresholded at +-``stability_score_offset``. It is computed once, on the
@@ -32,6 +43,7 @@ original-image pixels.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -41,10 +53,12 @@ from pydantic import Field
 
 from ..config import StrictModel
 from ..data.transforms import ResizeLongestSide, preprocess
+from ..models.prompt_decoder import select_outputs
 from ..models.rpn import RPN_ONNX_FILE, select_proposals
 from . import amg_utils as U
 from .backends import DecoderBackend, EncoderBackend
-from .lowres_post import LowRes, Upsampler, filter_lowres, lowres_boxes_in_crop, lowres_nms, masks_to_rles
+from .lowres_post import (LowRes, PackedMasks, Upsampler, filter_lowres, lowres_boxes, lowres_boxes_in_crop, lowres_nms,
+                          masks_to_rles)
 from .rpn_backends import OrtRpnEncoder, RpnEncoderBackend, TorchRpnEncoder
 from .torch_options import TorchOptions
 
@@ -59,6 +73,7 @@ class EverythingConfig(StrictModel):
     mode: Literal["rpn", "grid"] = "rpn"
     # grid mode
     points_per_side: int = Field(32, ge=1, le=128)
+    # prompts per decoder call (SAM's name), an upper bound: a call never holds more than decoder_chunk[device]
     points_per_batch: int = Field(64, ge=1, le=4096)
     # rpn mode
     prompt: Literal["box", "box+point"] = "box"
@@ -82,6 +97,9 @@ class EverythingConfig(StrictModel):
     # per prompt at S = 1024; 8 keeps a 1-CPU actor under 2 GB at 12 MP, and the split decoder's image side runs
     # once per image whatever the chunk; on a GPU larger calls fill the device)
     decoder_chunk: dict[str, int] = Field(default_factory=lambda: {"cpu": 8, "cuda": 256})
+    # float low-res logits kept per crop for the RLE of the kept masks, first candidates in prompt order (so the
+    # same ones whatever the chunking); kept masks beyond it are decoded again. 256 KB per candidate at S = 1024
+    logit_cache_mb: float = Field(64, ge=0)
     # ranking score (NMS order, output order, COCO score): the stability score (EdgeSAM does not distil the IoU
     # head), the IoU head (a student trained on GT masks, step2.mask_target), or their product
     score: Literal["stability", "iou", "iou*stability", "rpn*stability"] = "stability"
@@ -116,7 +134,7 @@ def candidates_from_logits(logits: np.ndarray | torch.Tensor, iou: np.ndarray | 
     c = filter_lowres(lt, it, cfg.outputs_per_prompt(), input_hw, cfg.mask_threshold, cfg.stability_score_offset,
                       cfg.stability_score_thresh, cfg.pred_iou_thresh)
     up = Upsampler(input_hw, crop_hw)
-    c = _edge_filter(c, up, cfg, crop_box, orig_hw)
+    c = c.take(np.flatnonzero(_off_crop_edge(lowres_boxes(c.logits > cfg.mask_threshold), up, crop_box, orig_hw)))
     recs = masks_to_rles(c.logits, up, (crop_box[0], crop_box[1]), orig_hw, cfg.mask_threshold)
     out = []
     for j, (rle, area, bbox) in enumerate(recs):
@@ -126,12 +144,13 @@ def candidates_from_logits(logits: np.ndarray | torch.Tensor, iou: np.ndarray | 
     return out
 
 
-def _edge_filter(c: LowRes, up: Upsampler, cfg: EverythingConfig, crop_box: list[int], orig_hw: tuple[int, int]) -> LowRes:
-    """Drop masks touching an inner crop edge (low-res box estimate, SAM's 20 px tolerance); whole image: no-op."""
-    if crop_box == [0, 0, orig_hw[1], orig_hw[0]] or len(c) == 0:
-        return c
-    near = U.near_crop_edge(lowres_boxes_in_crop(c, up, cfg.mask_threshold), crop_box, [0, 0, orig_hw[1], orig_hw[0]])
-    return c.take(np.flatnonzero(~near))
+def _off_crop_edge(boxes: np.ndarray, up: Upsampler, crop_box: list[int], orig_hw: tuple[int, int]) -> np.ndarray:
+    """Low-res boxes (K,4) [row0, row1, col0, col1] -> (K,) bool: the mask does not touch an inner crop edge
+    (box estimated from the low-res mask, SAM's 20 px tolerance); all True on the whole image."""
+    image_box = [0, 0, orig_hw[1], orig_hw[0]]
+    if list(crop_box) == image_box or len(boxes) == 0:
+        return np.ones(len(boxes), bool)
+    return ~U.near_crop_edge(lowres_boxes_in_crop(boxes, up), crop_box, image_box)
 
 
 def _scores(kind: str, c: LowRes, prompt_score: np.ndarray | None) -> torch.Tensor:
@@ -156,11 +175,54 @@ def _score(kind: str, stability: float, iou: float, rpn: float | None) -> float:
     return stability
 
 
+class _CropPool:
+    """Every candidate of one crop that passed the per-candidate filters, in prompt order (prompt, then token).
+
+    Host numpy: packed binary masks (:class:`PackedMasks`), prompt / token / score / stability / iou (K,).
+    Float logits (k, hl, wl) on the decoder's device only for the first ``cap`` candidates: a prefix in prompt
+    order, so which ones are cached does not depend on the chunking.
+    """
+
+    FIELDS = ("prompt", "token", "score", "stability", "iou")
+
+    def __init__(self, cap: int) -> None:
+        self.cap, self.n = int(cap), 0
+        self.parts: list[PackedMasks] = []
+        self.columns: dict[str, list[np.ndarray]] = {f: [] for f in self.FIELDS}
+        self.cache: list[tuple[int, torch.Tensor]] = []  # (index of the part's first candidate, its logits)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def add(self, c: LowRes, masks: PackedMasks, score: torch.Tensor) -> None:
+        """One decoder call's candidates ``c`` (K), their packed masks and ranking scores (K,)."""
+        room = max(0, min(len(c), self.cap - self.n))
+        if room:  # a slice would keep the whole call's logits alive: copy when only part of them fits
+            self.cache.append((self.n, c.logits if room == len(c) else c.logits[:room].clone()))
+        self.parts.append(masks)
+        for f, v in zip(self.FIELDS, (c.prompt, c.token, score, c.stability, c.iou)):
+            self.columns[f].append(v.detach().cpu().numpy())
+        self.n += len(c)
+
+    def masks(self) -> PackedMasks:
+        return PackedMasks.cat(self.parts)
+
+    def column(self, name: str) -> np.ndarray:
+        return np.concatenate(self.columns[name])
+
+    @property
+    def cached(self) -> int:
+        """Candidates 0 .. cached-1 have their logits in the cache."""
+        return min(self.n, self.cap)
+
+
 # -- the generator ---------------------------------------------------------------------------------------
 class EverythingGenerator:
     """Segment everything in an image with an encoder/decoder pair and (RPN mode) an encoder+RPN backend.
 
-    ``stats`` counts images, encoder calls, decoder calls and prompts since construction.
+    ``stats`` counts images, encoder calls, decoder calls and prompts sent to the decoder (re-decoded ones
+    included) since construction, and of those prompts the ones decoded again for the RLE of a kept mask
+    whose logits were not cached (``redecoded_prompts``).
     ``last_proposals`` holds the last image's RPN proposals (M,5) [x0, y0, x1, y1, score] in the original
     frame (all crops; empty in grid mode), for box-recall evaluation.
     """
@@ -176,13 +238,17 @@ class EverythingGenerator:
         self.decoder, self.encoder, self.rpn = decoder, encoder, rpn
         self.img_size = int((rpn if self.cfg.mode == "rpn" else encoder or rpn).img_size)  # type: ignore[union-attr]
         self.transform = ResizeLongestSide(self.img_size)
-        self.stats = {"images": 0, "encoder_calls": 0, "decoder_calls": 0, "prompts": 0}
+        self.stats = {"images": 0, "encoder_calls": 0, "decoder_calls": 0, "prompts": 0, "redecoded_prompts": 0}
         self.timings = {"encoder": 0.0, "decoder": 0.0, "post": 0.0}  # seconds since construction, by stage
         self.last_proposals = np.zeros((0, 5), np.float32)
         # torch backends (``decode_tensors``) keep the embedding and the logits on their device, CPU or CUDA;
         # numpy backends (ONNX Runtime, TensorRT) post-process on the CPU
         self.tensor_path = hasattr(decoder, "decode_tensors")
         self.device = str(getattr(decoder, "device", "cpu")) if self.tensor_path else "cpu"
+        # where the decoder itself runs, for its call size: a numpy backend may still run on a GPU (TensorRT,
+        # ONNX Runtime's CUDA provider)
+        self.decoder_device = str(getattr(decoder, "device", "")) or (
+            "cuda" if "cuda" in str(getattr(decoder, "name", "")) else "cpu")
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, cfg: EverythingConfig | None = None, device: str = "cpu",
@@ -281,16 +347,29 @@ class EverythingGenerator:
         return (run(x) if run is not None else self.encoder(x)), None, None
 
     def _decode(self, emb, coords: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """One decoder call -> (logits (N,4,S/4,S/4), iou (N,4)) torch tensors (on ``self.device`` for torch backends)."""
+        """One decoder call -> (logits (N,4,S/4,S/4), iou (N,4)) torch tensors (on ``self.device`` for torch
+        backends); counted in ``stats`` and timed as "decoder"."""
+        t0 = time.perf_counter()
         if self.tensor_path:
             dev = self.device
             t = lambda a: torch.as_tensor(a, dtype=torch.float32, device=dev)  # noqa: E731
             # a device tensor passes as it is: its dtype is the backend's, and the split decoder reuses its
             # image side while it sees the same embedding object
             emb_t = emb if torch.is_tensor(emb) else t(emb)
-            return self.decoder.decode_tensors(emb_t, t(coords), t(labels))  # type: ignore[attr-defined]
-        logits, iou = self.decoder(emb, coords, labels)
-        return torch.from_numpy(np.asarray(logits, np.float32)), torch.from_numpy(np.asarray(iou, np.float32))
+            out = self.decoder.decode_tensors(emb_t, t(coords), t(labels))  # type: ignore[attr-defined]
+        else:
+            logits, iou = self.decoder(emb, coords, labels)
+            out = torch.from_numpy(np.asarray(logits, np.float32)), torch.from_numpy(np.asarray(iou, np.float32))
+        self.stats["decoder_calls"] += 1
+        self.stats["prompts"] += len(coords)
+        self._clock("decoder", t0)
+        return out
+
+    def prompts_per_call(self) -> int:
+        """Prompts per decoder call: ``decoder_chunk`` for the device (the memory bound), and in grid mode also
+        at most ``points_per_batch``."""
+        n = self.cfg.chunk_for(self.decoder_device)
+        return min(n, self.cfg.points_per_batch) if self.cfg.mode == "grid" else n
 
     def _crop(self, image: np.ndarray, crop_box: list[int]) -> tuple[dict, np.ndarray]:
         """Candidates (filtered, deduplicated at low resolution, RLE in the original frame) for one crop, and its
@@ -318,37 +397,44 @@ class EverythingGenerator:
             prompt_score = ps
             points = prompt_box.reshape(-1, 2, 2).mean(axis=1)
             props = np.concatenate([prompt_box, ps[:, None]], axis=1).astype(np.float32)
-            groups = U.batches(len(pb), cfg.chunk_for(self.device)) if len(pb) else []
         else:
             pts = U.grid_points(cfg.points_per_side, crop_hw)
             coords, labels = U.point_prompts(self.transform.apply_coords(pts, crop_hw))
             points = pts + offset
-            groups = U.batches(len(pts), cfg.points_per_batch)
-        t0 = self._clock("encoder", t0)
-        parts: list[LowRes] = []
-        for sl in groups:  # bounded memory: one chunk of logits at a time, deduplicated before the next
+        self._clock("encoder", t0)
+        up = Upsampler(input_hw, crop_hw)
+        pool = _CropPool(int(cfg.logit_cache_mb * 2**20) // (up.hl * up.wl * 4))
+        for sl in U.batches(len(coords), self.prompts_per_call()) if len(coords) else []:
             logits, iou = self._decode(emb, coords[sl], labels[sl])
-            self.stats["decoder_calls"] += 1
-            self.stats["prompts"] += sl.stop - sl.start
-            t0 = self._clock("decoder", t0)
+            t0 = time.perf_counter()
             c = filter_lowres(logits, iou, cfg.outputs_per_prompt(), input_hw, cfg.mask_threshold,
                               cfg.stability_score_offset, cfg.stability_score_thresh, cfg.pred_iou_thresh, sl.start)
-            del logits, iou
+            del logits, iou  # bounded memory: only the candidates (packed, and up to the cache) outlive the call
+            packed = PackedMasks.from_masks(c.logits > cfg.mask_threshold)
+            inner = np.flatnonzero(_off_crop_edge(packed.boxes, up, list(crop_box), image.shape[:2]))
+            if len(inner) < len(c):
+                c, packed = c.take(inner), packed.take(inner)
             if len(c):
-                parts.append(c.take(lowres_nms(c, _scores(cfg.score, c, prompt_score), cfg.mask_nms_iou, cfg.mask_threshold)))
-            t0 = self._clock("post", t0)
+                pool.add(c, packed, _scores(cfg.score, c, prompt_score))
+            del c, packed
+            self._clock("post", t0)
         cands: dict[str, list] = {k: [] for k in ("rles", "area", "bbox", "score", "stability", "iou", "point",
                                                   "crop_box", "rpn_box", "rpn_score")}
-        if not parts:
+        if not len(pool):
             return cands, props
-        c = LowRes.cat(parts)
-        up = Upsampler(input_hw, crop_hw)
-        c = _edge_filter(c, up, cfg, list(crop_box), image.shape[:2])
-        score = _scores(cfg.score, c, prompt_score)
-        c = c.take(lowres_nms(c, score, cfg.mask_nms_iou, cfg.mask_threshold, max_keep=cfg.max_masks))
-        score = _scores(cfg.score, c, prompt_score).cpu().numpy()
-        stab, iou_h, prompt = c.stability.cpu().numpy(), c.iou.cpu().numpy(), c.prompt.cpu().numpy()
-        for j, (rle, area, bbox) in enumerate(masks_to_rles(c.logits, up, (x0, y0), image.shape[:2], cfg.mask_threshold)):
+        t0 = time.perf_counter()
+        score = pool.column("score")
+        keep = lowres_nms(pool.masks(), score, cfg.mask_nms_iou, max_keep=cfg.max_masks)
+        recs: list[tuple[dict, int, list[float]] | None] = [None] * len(keep)
+        self._clock("post", t0)
+        for pos, lt in self._kept_logits(pool, keep, emb, coords, labels, (up.hl, up.wl)):
+            t0 = time.perf_counter()
+            for p, r in zip(pos, masks_to_rles(lt, up, (x0, y0), image.shape[:2], cfg.mask_threshold)):
+                recs[p] = r
+            self._clock("post", t0)
+        t0 = time.perf_counter()
+        stab, iou_h, prompt = pool.column("stability"), pool.column("iou"), pool.column("prompt")
+        for j, (rle, area, bbox) in zip(keep, recs):  # type: ignore[misc]
             if area == 0 or area < cfg.min_mask_area:
                 continue
             n = int(prompt[j])
@@ -364,6 +450,29 @@ class EverythingGenerator:
             cands["rpn_score"].append(None if prompt_score is None else float(prompt_score[n]))
         self._clock("post", t0)
         return cands, props
+
+    def _kept_logits(self, pool: _CropPool, keep: np.ndarray, emb, coords: np.ndarray, labels: np.ndarray,
+                     hw: tuple[int, int]) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """The float low-res logits of the kept candidates ``keep`` (indices into ``pool``), a batch at a time ->
+        (positions in ``keep`` (n,), logits (n, hl, wl) of ``hw``): cached ones first, then the others decoded
+        again (their prompts only, in calls of at most :meth:`prompts_per_call` prompts)."""
+        for start, part in pool.cache:
+            pos = np.flatnonzero((keep >= start) & (keep < start + len(part)))
+            if pos.size:
+                yield pos, part[torch.as_tensor(keep[pos] - start, device=part.device)]
+        missing = np.flatnonzero(keep >= pool.cached)
+        if missing.size == 0:
+            return
+        prompt, token = pool.column("prompt")[keep[missing]], pool.column("token")[keep[missing]]
+        todo = np.unique(prompt)
+        for sl in U.batches(len(todo), self.prompts_per_call()):
+            batch = todo[sl]
+            logits, iou = self._decode(emb, coords[batch], labels[batch])
+            self.stats["redecoded_prompts"] += len(batch)
+            lt = select_outputs(logits, iou, self.cfg.outputs_per_prompt())[0]
+            sel = np.flatnonzero(np.isin(prompt, batch))
+            rows = torch.as_tensor(np.searchsorted(batch, prompt[sel]), device=lt.device)
+            yield missing[sel], lt[rows, torch.as_tensor(token[sel], device=lt.device), :hw[0], :hw[1]].float()
 
     @staticmethod
     def _record(c: dict, i: int) -> dict:
