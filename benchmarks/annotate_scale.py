@@ -150,7 +150,8 @@ def coco_check(path: str, work: Path, sample: int = 1000) -> dict:
             "seconds": round(time.time() - t0, 1), "mb": round(storage.size(path) / 2**20, 1)}
 
 
-def run_one(where: str, n: int, inp: str, out: str, actors: int, work: Path, eval_size: int, timeout: float) -> dict:
+def run_one(where: str, n: int, inp: str, out: str, actors: int, work: Path, eval_size: int, timeout: float,
+            extra: list[str] = ()) -> dict:
     from edgesam import storage
 
     lst = _python(LISTER, [inp], timeout)
@@ -159,7 +160,7 @@ def run_one(where: str, n: int, inp: str, out: str, actors: int, work: Path, eva
     listing = _tagged(lst.stdout, "LIST")
     assert listing["keys"] == n, listing
     load0 = load_average()
-    over = [*FAST, f"compute.num_actors={actors}", f"compute.num_cpus={round(1.6 / actors, 2)}",
+    over = [*FAST, *extra, f"compute.num_actors={actors}", f"compute.num_cpus={round(1.6 / actors, 2)}",
             f"model.export_cache_dir={work / 'onnx-cache'}"]
     with CpuContention() as cpu:
         proc = _python(DRIVER, ["--input", inp, "--output", out, *over], timeout)
@@ -274,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None)
     p.add_argument("--json", default=None)
     p.add_argument("--smoke", action="store_true", help="sizes 40,120 and eval at 120: a check, not a measurement")
+    p.add_argument("overrides", nargs="*", help="key=value appended to the fast setting (e.g. everything.points_per_side=1)")
     p.add_argument("--listing", action="store_true", help="only the listing's memory per key (no model), "
                    "--sizes keys per place (default 1000,10000,100000)")
     p.add_argument("--from-json", default=None, help="write the table from the rows a run saved with --json")
@@ -310,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
             for n in sizes:
                 out = work / f"out_local_{n}"
                 shutil.rmtree(out, ignore_errors=True)
-                rows.append(run_one(where, n, str(folders[n]), str(out), args.actors, work, args.eval_size, args.timeout))
+                rows.append(run_one(where, n, str(folders[n]), str(out), args.actors, work, args.eval_size, args.timeout,
+                                    args.overrides))
         elif where == "s3":
             from tests.s3server import make_bucket, s3_server
 
@@ -321,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
                     upload(folders[n], f"{bucket}/imgs_{n}")
                     print(f"[scale] uploaded {n} images in {time.time() - t0:.0f} s", flush=True)
                     rows.append(run_one(where, n, f"{bucket}/imgs_{n}", f"{bucket}/out_{n}", args.actors, work,
-                                        args.eval_size, args.timeout))
+                                        args.eval_size, args.timeout, args.overrides))
         else:
             raise SystemExit(f"--where: local or s3, got {where!r}")
     cmd = "python -m benchmarks.annotate_scale" + ("" if argv is None else " " + " ".join(argv))

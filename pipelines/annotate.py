@@ -82,7 +82,10 @@ def run_actors(cfg: AnnotateConfig, todo: pa.Table, input_dir: str, out_dir: str
     ensure_ray(cfg)
 
     comp = cfg.compute
+    # take() copies each block: a slice would carry (and pickle) the whole listing's buffers, so the object
+    # store would hold the listing once per block, quadratic in the number of images
     blocks = [todo.slice(i, BLOCK_IMAGES) for i in range(0, todo.num_rows, BLOCK_IMAGES)]
+    blocks = [b.take(pa.array(np.arange(b.num_rows))) for b in blocks]
     import ray
 
     ds = ray.data.from_arrow(blocks)
