@@ -54,7 +54,7 @@ import pyarrow as pa
 from edgesam import storage
 from edgesam.config import add_config_args, dump_config, load_config
 from edgesam.formats.export import write_formats, write_skipped
-from edgesam.formats.shards import SHARD_SCHEMA, STATS_COLUMNS, ShardIndex, shard_files
+from edgesam.formats.shards import SHARD_SCHEMA, STATS_COLUMNS, ShardIndex, read_columns, shard_files
 
 from pipelines.annotate_config import AnnotateConfig
 from pipelines.annotate_model import RANDOM_WARNING, model_identity, preflight
@@ -84,8 +84,8 @@ def run_actors(cfg: AnnotateConfig, todo: pa.Table, input_dir: str, out_dir: str
     comp = cfg.compute
     # take() copies each block: a slice would carry (and pickle) the whole listing's buffers, so the object
     # store would hold the listing once per block, quadratic in the number of images
-    blocks = [todo.slice(i, BLOCK_IMAGES) for i in range(0, todo.num_rows, BLOCK_IMAGES)]
-    blocks = [b.take(pa.array(np.arange(b.num_rows))) for b in blocks]
+    blocks = [todo.take(pa.array(np.arange(i, min(i + BLOCK_IMAGES, todo.num_rows))))
+              for i in range(0, todo.num_rows, BLOCK_IMAGES)]
     import ray
 
     ds = ray.data.from_arrow(blocks)
@@ -106,15 +106,7 @@ def run_actors(cfg: AnnotateConfig, todo: pa.Table, input_dir: str, out_dir: str
 def run_stats(files: list[str]) -> dict:
     """Per-image times of one run's shards: warm-up per actor, first image per actor, steady state (the
     median of the other labelled images), and the overhead outside the model."""
-    import pyarrow.parquet as pq
-
-    tables = []
-    for f in files:
-        fs, p = storage.resolve(f)
-        try:
-            tables.append(pq.read_table(p, filesystem=fs, columns=STATS_COLUMNS))
-        except Exception:  # noqa: BLE001 - unreadable shards are quarantined and reported by the caller
-            continue
+    tables = [t for t in (read_columns(f, STATS_COLUMNS) for f in files) if isinstance(t, pa.Table)]
     if not tables:
         return {"labelled": 0}
     t = pa.concat_tables(tables)

@@ -135,7 +135,8 @@ def _open(path: str) -> pq.ParquetFile:
     return pq.ParquetFile(fs.open_input_file(p))
 
 
-def _read_columns(path: str, columns: list[str]) -> pa.Table | Exception:
+def read_columns(path: str, columns: list[str]) -> pa.Table | Exception:
+    """``columns`` of one shard, or the exception that reading it raised (the shard is unreadable)."""
     try:
         return _open(path).read(columns=columns)
     except Exception as exc:  # noqa: BLE001 - a truncated shard (writer killed mid-file) is reported, not fatal
@@ -172,7 +173,7 @@ class ShardIndex:
         """Read the ``image_id`` and ``status`` columns of every shard (``threads`` files at a time)."""
         files = shard_files(out_dir)
         with ThreadPoolExecutor(max(1, threads)) as pool:
-            tables = list(pool.map(lambda f: _read_columns(f, INDEX_COLUMNS), files))
+            tables = list(pool.map(lambda f: read_columns(f, INDEX_COLUMNS), files))
         good, bad, parts = [], [], []
         for f, t in zip(files, tables):
             if isinstance(t, Exception):
